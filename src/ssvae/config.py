@@ -1,0 +1,70 @@
+"""Typed run configuration, validated at the edge and saved as ``config.json`` in every run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import SsvaeError
+
+MODELS = ("m2",)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run does (the model's own shape lives in ``model``)."""
+
+    model: str = "m2"
+    data: str = "mnist"  # "mnist", or a directory holding the MNIST files to read instead of fetching
+    labels: int = 100
+    seed: int = 0
+    epochs: int | None = None  # budget: stop after this many epochs ...
+    minutes: float | None = 10.0  # ... or after this many minutes, whichever comes first
+    labelled_batch_size: int = 100
+    unlabelled_batch_size: int = 200
+    learning_rate: float = 1e-3
+    binarize: bool = True  # dynamic binarisation: pixels redrawn as Bernoulli samples every batch
+    device: str = "auto"
+    threads: int | None = None  # torch threads on CPU; default one per available core
+    bf16: str = "auto"  # bf16 autocast: "auto" (where the hardware has native bf16), "on" or "off"
+    compile: str = "auto"  # torch.compile the training loss: "auto" (for runs longer than a few minutes), "on", "off"
+    model_options: dict = field(default_factory=dict)  # overrides of the model's config (alpha, sizes)
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise SsvaeError(f"--model {self.model}: unknown model; choose one of {', '.join(MODELS)}")
+        if self.epochs is None and self.minutes is None:
+            raise SsvaeError("give a budget: --epochs N or --minutes M")
+        if self.epochs is not None and self.epochs < 1:
+            raise SsvaeError(f"--epochs {self.epochs}: must be at least 1")
+        if self.minutes is not None and not self.minutes > 0:
+            raise SsvaeError(f"--minutes {self.minutes}: must be positive")
+        for name in ("labels", "labelled_batch_size", "unlabelled_batch_size"):
+            if getattr(self, name) < 1:
+                raise SsvaeError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if not self.learning_rate > 0:
+            raise SsvaeError(f"--lr {self.learning_rate}: must be positive")
+        if self.threads is not None and self.threads < 1:
+            raise SsvaeError(f"--threads {self.threads}: must be at least 1")
+        for name in ("bf16", "compile"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise SsvaeError(f"--{name} {getattr(self, name)}: choose auto, on or off")
+
+
+def save_config(path: Path, train: TrainConfig, model_config) -> None:
+    payload = {"format": 1, "train": asdict(train), "model": asdict(model_config)}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def load_config(path: Path) -> tuple[TrainConfig, dict]:
+    """The run's :class:`TrainConfig` and its model config as a plain dict."""
+    if not path.is_file():
+        raise SsvaeError(f"{path}: no config.json here; is this a run directory written by `ssvae train`?")
+    try:
+        payload = json.loads(path.read_text())
+        known = {f.name for f in fields(TrainConfig)}
+        train = TrainConfig(**{k: v for k, v in payload["train"].items() if k in known})
+        return train, payload["model"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise SsvaeError(f"{path}: not a readable ssvae config ({error})") from None
