@@ -1,0 +1,1 @@
+"""Data sets and label splits: everything before the model sees a batch."""

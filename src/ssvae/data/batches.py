@@ -1,0 +1,97 @@
+"""Training batches for semi-supervised learning, drawn on the model's device.
+
+Every step pairs a batch of unlabelled images with a batch of labelled ones. An epoch is one pass
+over the unlabelled images in a fresh random order; the few labelled images are cycled through
+(again reshuffled on every pass), so the labels are seen many times per epoch. The whole data set
+lives on the device as uint8, and images are turned into model inputs there: scaled to [0, 1] and,
+by default, binarised afresh each time they are drawn (each pixel ~ Bernoulli(intensity)), which
+regularises the model far better than one fixed threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import SsvaeError
+
+
+@dataclass
+class Batch:
+    labelled_x: Tensor  # float (B_l, D) in [0, 1]
+    labelled_y: Tensor  # int64 (B_l,)
+    unlabelled_x: Tensor  # float (B_u, D) in [0, 1]
+
+
+def to_inputs(images: Tensor, binarize: bool, generator: torch.Generator | None = None) -> Tensor:
+    """uint8 images (B, D) -> float inputs in [0, 1]; binary samples when ``binarize``."""
+    x = images.float().div_(255.0)
+    if binarize:
+        x = torch.bernoulli(x, generator=generator)
+    return x
+
+
+class SemiSupervisedBatches:
+    """Yields :class:`Batch` objects; ``len()`` is the number of steps in one epoch.
+
+    Parameters
+    ----------
+    images : uint8 array or tensor (N, D)
+    labels : int array (N,), ``-1`` for unlabelled examples
+    labelled_batch_size, unlabelled_batch_size : int
+    binarize : bool
+        Dynamic binarisation of every drawn batch.
+    device : torch.device
+    seed : int
+    """
+
+    def __init__(self, images, labels, labelled_batch_size: int, unlabelled_batch_size: int,
+                 binarize: bool, device: torch.device, seed: int):
+        labels = np.asarray(labels)
+        self.images = torch.as_tensor(np.asarray(images), dtype=torch.uint8, device=device)
+        self.labelled_index = torch.as_tensor(np.flatnonzero(labels >= 0), device=device)
+        self.unlabelled_index = torch.as_tensor(np.flatnonzero(labels < 0), device=device)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64, device=device)
+        if len(self.labelled_index) == 0:
+            raise SsvaeError("no labelled examples: semi-supervised training needs at least one label per class")
+        if len(self.unlabelled_index) < unlabelled_batch_size:
+            raise SsvaeError(
+                f"--unlabelled-batch {unlabelled_batch_size} is larger than the "
+                f"{len(self.unlabelled_index)} unlabelled examples; use a smaller batch"
+            )
+        self.labelled_batch_size = labelled_batch_size
+        self.unlabelled_batch_size = unlabelled_batch_size
+        self.binarize = binarize
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self._labelled_order = self.labelled_index[:0]
+
+    def __len__(self) -> int:
+        # The last, partial batch is dropped: every step has the same shapes (no recompilation),
+        # and the next epoch's reshuffle gives the dropped images their turn.
+        return len(self.unlabelled_index) // self.unlabelled_batch_size
+
+    def _next_labelled(self) -> Tensor:
+        while len(self._labelled_order) < self.labelled_batch_size:
+            perm = torch.randperm(len(self.labelled_index), generator=self.generator, device=self.generator.device)
+            self._labelled_order = torch.cat([self._labelled_order, self.labelled_index[perm]])
+        chosen = self._labelled_order[: self.labelled_batch_size]
+        self._labelled_order = self._labelled_order[self.labelled_batch_size:]
+        return chosen
+
+    def __iter__(self):
+        g = self.generator
+        perm = torch.randperm(len(self.unlabelled_index), generator=g, device=g.device)
+        order = self.unlabelled_index[perm]
+        b = self.unlabelled_batch_size
+        for step in range(len(self)):
+            u = order[step * b:(step + 1) * b]
+            l = self._next_labelled()
+            yield Batch(
+                labelled_x=to_inputs(self.images[l], self.binarize, g),
+                labelled_y=self.labels[l],
+                unlabelled_x=to_inputs(self.images[u], self.binarize, g),
+            )
