@@ -45,6 +45,8 @@ def _add_train(sub) -> None:
     p.add_argument("--labelled-batch", type=int, default=d.labelled_batch_size,
                    help="labelled images per step (the labels are cycled through)")
     p.add_argument("--unlabelled-batch", type=int, default=d.unlabelled_batch_size, help="unlabelled images per step")
+    p.add_argument("--max-unlabelled", type=int, default=None,
+                   help="use only the first N unlabelled training images (quick trials; default: all)")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 10)")
@@ -69,7 +71,7 @@ def _train(args) -> int:
     config = TrainConfig(
         model=args.model, data=args.data, labels=args.labels, seed=args.seed, epochs=args.epochs,
         minutes=minutes, labelled_batch_size=args.labelled_batch, unlabelled_batch_size=args.unlabelled_batch,
-        learning_rate=args.lr, binarize=not args.no_binarize, device=args.device, threads=args.threads,
+        learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=not args.no_binarize, device=args.device, threads=args.threads,
         bf16=args.bf16, compile=args.compile,
         model_options={k: v for k, v in options.items() if v is not None},
     )

@@ -24,6 +24,7 @@ class TrainConfig:
     labelled_batch_size: int = 100
     unlabelled_batch_size: int = 200
     learning_rate: float = 1e-3
+    max_unlabelled: int | None = None  # use only the first N unlabelled images (quick trials and tests)
     binarize: bool = True  # dynamic binarisation: pixels redrawn as Bernoulli samples every batch
     device: str = "auto"
     threads: int | None = None  # torch threads on CPU; default one per available core
@@ -43,6 +44,9 @@ class TrainConfig:
         for name in ("labels", "labelled_batch_size", "unlabelled_batch_size"):
             if getattr(self, name) < 1:
                 raise SsvaeError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.max_unlabelled is not None and self.max_unlabelled < self.unlabelled_batch_size:
+            raise SsvaeError(f"--max-unlabelled {self.max_unlabelled}: must be at least --unlabelled-batch "
+                             f"({self.unlabelled_batch_size})")
         if not self.learning_rate > 0:
             raise SsvaeError(f"--lr {self.learning_rate}: must be positive")
         if self.threads is not None and self.threads < 1:

@@ -80,8 +80,12 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
     seed_everything(config.seed)
     # Re-create the model after seeding so the initial weights depend on the seed alone.
     model = build_model(config.model, **asdict(model.config))
+    train_images, train_labels = data.train_images, partial_labels(data.train_labels, labelled)
+    if config.max_unlabelled is not None:  # the labelled images and the first max_unlabelled others
+        keep = np.sort(np.concatenate([labelled, np.flatnonzero(train_labels < 0)[:config.max_unlabelled]]))
+        train_images, train_labels = train_images[keep], train_labels[keep]
     batches = SemiSupervisedBatches(
-        data.train_images, partial_labels(data.train_labels, labelled),
+        train_images, train_labels,
         config.labelled_batch_size, config.unlabelled_batch_size, config.binarize, device, config.seed,
     )
     use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported(device))

@@ -57,7 +57,8 @@ class Trainer:
         # once, so it is only worth it for runs of a few minutes or more.
         self.loss_fn = torch.compile(model.loss) if settings.compile else model.loss
 
-    def _step(self, batch):
+    def step(self, batch):
+        """One optimiser step on ``batch``; returns the loss terms (tensors on the device)."""
         with autocast(self.settings.device, self.settings.bf16):
             terms = self.loss_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -83,7 +84,7 @@ class Trainer:
             bar = tqdm(self.batches, desc=f"epoch {epoch}", leave=False, disable=not s.progress,
                        mininterval=1.0, dynamic_ncols=True)
             for batch in bar:
-                terms = self._step(batch)
+                terms = self.step(batch)
                 # Accumulate on the device: no host sync inside the epoch but the progress bar's.
                 for f in fields(terms):
                     value = getattr(terms, f.name).detach().float()

@@ -73,16 +73,17 @@ def test_labelled_bound_matches_the_reference(model_and_data, monkeypatch):
         torch.testing.assert_close(bound[b], reference_bound(model, x[b], int(y[b]), eps[b, 0]), rtol=1e-5, atol=1e-5)
 
 
-def test_loss_adds_alpha_times_cross_entropy(model_and_data):
+def test_loss_is_the_papers_objective_per_image(model_and_data):
     model, x = model_and_data
     y = torch.tensor([0, 1, 2, 3, 1, 2])
-    batch = Batch(labelled_x=x, labelled_y=y, unlabelled_x=x)
+    batch = Batch(labelled_x=x, labelled_y=y, unlabelled_x=x, labelled_share=0.25)
     torch.manual_seed(1)
     terms = model.loss(batch)
     expected_ce = F.cross_entropy(model.classify(x), y)
     torch.testing.assert_close(terms.classification, expected_ce)
+    # The paper's J / N: each bound weighted by its share of the data, plus alpha times the cross-entropy.
     torch.testing.assert_close(
-        terms.loss, terms.labelled_bound + terms.unlabelled_bound + model.config.alpha * expected_ce)
+        terms.loss, 0.25 * terms.labelled_bound + 0.75 * terms.unlabelled_bound + model.config.alpha * expected_ce)
 
 
 def test_labels_reach_the_classifier_through_the_loss(model_and_data):

@@ -24,6 +24,9 @@ class Batch:
     labelled_x: Tensor  # float (B_l, D) in [0, 1]
     labelled_y: Tensor  # int64 (B_l,)
     unlabelled_x: Tensor  # float (B_u, D) in [0, 1]
+    # N_l / N: the labelled images' share of the data, which weighs the labelled bound against the
+    # unlabelled one so that the objective is the paper's J divided by N, whatever the batch sizes.
+    labelled_share: float = 0.5
 
 
 def to_inputs(images: Tensor, binarize: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -62,6 +65,7 @@ class SemiSupervisedBatches:
                 f"--unlabelled-batch {unlabelled_batch_size} is larger than the "
                 f"{len(self.unlabelled_index)} unlabelled examples; use a smaller batch"
             )
+        self.labelled_share = len(self.labelled_index) / len(labels)
         self.labelled_batch_size = labelled_batch_size
         self.unlabelled_batch_size = unlabelled_batch_size
         self.binarize = binarize
@@ -94,4 +98,5 @@ class SemiSupervisedBatches:
                 labelled_x=to_inputs(self.images[l], self.binarize, g),
                 labelled_y=self.labels[l],
                 unlabelled_x=to_inputs(self.images[u], self.binarize, g),
+                labelled_share=self.labelled_share,
             )

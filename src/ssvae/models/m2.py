@@ -172,7 +172,8 @@ class M2(nn.Module):
         unlabelled, entropy = self.unlabelled_bound(batch.unlabelled_x)
         labelled = self.labelled_bound(batch.labelled_x, batch.labelled_y)
         classification = F.cross_entropy(at_least_float32(self.classify(batch.labelled_x)), batch.labelled_y)
-        loss = labelled.mean() + unlabelled.mean() + self.config.alpha * classification
+        share = batch.labelled_share
+        loss = share * labelled.mean() + (1 - share) * unlabelled.mean() + self.config.alpha * classification
         return M2Terms(
             loss=loss,
             labelled_bound=labelled.mean().detach(),

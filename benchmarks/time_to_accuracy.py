@@ -1,0 +1,75 @@
+"""How long until M2 classifies well with 100 labels, and how well at the end?
+
+Trains M2 on real MNIST with the command line's defaults (10 minutes, 100 labels), once per seed
+(each seed draws its own labelled images), and reports per seed: the minutes until validation
+accuracy first reaches the target (0.90), the best validation accuracy, and the test accuracy of
+the weights kept on validation; then the mean and standard deviation over seeds.
+
+    python benchmarks/time_to_accuracy.py [--seeds 0 1 2 3 4] [--minutes 10] [--labels 100]
+
+Prints a table and writes benchmarks/results/time_to_accuracy.json (with each run's curve of
+validation accuracy against minutes). Runs go under benchmarks/results/runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+from ssvae.config import TrainConfig
+from ssvae.experiment import train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--minutes", type=float, default=TrainConfig().minutes)
+    parser.add_argument("--labels", type=int, default=100)
+    parser.add_argument("--target", type=float, default=0.90, help="validation accuracy to time")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "time_to_accuracy.json")
+    args = parser.parse_args()
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    rows = []
+    for seed in args.seeds:
+        config = TrainConfig(model="m2", labels=args.labels, seed=seed, minutes=args.minutes, threads=args.threads)
+        run_dir = RESULTS / "runs" / f"m2-{args.labels}labels-seed{seed}"
+        result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
+        curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        reached = next((r["minutes"] for r in curve if r["val_accuracy"] >= args.target), None)
+        rows.append({
+            "seed": seed, "minutes_to_target": reached, "best_val_accuracy": result["val_accuracy"],
+            "test_accuracy": result["test_accuracy"], "epochs": result["epochs"], "minutes": result["minutes"],
+            "curve": [(round(r["minutes"], 3), r["val_accuracy"]) for r in curve],
+        })
+        print(f"seed {seed}: test {result['test_accuracy']:.4f}, best validation {result['val_accuracy']:.4f}, "
+              f"validation {args.target:.2f} after {'%.1f min' % reached if reached else 'never'}", flush=True)
+
+    tests = [r["test_accuracy"] for r in rows]
+    summary = {
+        "labels": args.labels, "minutes_budget": args.minutes, "target": args.target,
+        "load_average_before": load, "runs": rows,
+        "test_accuracy_mean": statistics.mean(tests),
+        "test_accuracy_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print()
+    print(f"| seed | minutes to val {args.target:.2f} | best val | test |")
+    print("|---|---|---|---|")
+    for r in rows:
+        reached = f"{r['minutes_to_target']:.1f}" if r["minutes_to_target"] is not None else "never"
+        print(f"| {r['seed']} | {reached} | {r['best_val_accuracy']:.4f} | {r['test_accuracy']:.4f} |")
+    print(f"\ntest accuracy {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_std']:.4f} "
+          f"over {len(rows)} label draws, {args.minutes:g} minutes each (load average before {load:.2f})")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

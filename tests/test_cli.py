@@ -1,0 +1,64 @@
+"""The command line end to end, on a small slice of real MNIST."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ssvae.cli import main
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, mnist):
+    run = tmp_path_factory.mktemp("runs") / "m2-smoke"
+    code = main(["train", "--model", "m2", "--labels", "100", "--epochs", "1", "--max-unlabelled", "3000",
+                 "--unlabelled-batch", "100", "--compile", "off", "--quiet", "--out", str(run)])
+    assert code == 0
+    return run
+
+
+def test_train_writes_a_complete_run_directory(smoke_run, mnist):
+    for name in ("config.json", "labelled_indices.json", "metrics.jsonl", "best.pt", "last.pt", "result.json"):
+        assert (smoke_run / name).is_file(), name
+    config = json.loads((smoke_run / "config.json").read_text())
+    assert config["train"]["labels"] == 100 and config["model"]["num_classes"] == 10
+    chosen = np.array(json.loads((smoke_run / "labelled_indices.json").read_text()))
+    assert np.bincount(mnist.train_labels[chosen], minlength=10).tolist() == [10] * 10
+    epochs = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 1 and np.isfinite(epochs[0]["loss"])
+    # One epoch on 3,000 unlabelled images already beats chance by far.
+    assert json.loads((smoke_run / "result.json").read_text())["test_accuracy"] > 0.3
+
+
+def test_evaluate_reads_the_run_back(smoke_run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(smoke_run), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    saved = json.loads((smoke_run / "result.json").read_text())
+    assert figures["test_accuracy"] == pytest.approx(saved["test_accuracy"])
+    assert figures["val_accuracy"] == pytest.approx(saved["val_accuracy"])
+
+
+def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
+    assert main(["train", "--epochs", "1", "--out", str(smoke_run), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, reason", [
+    (["--labels", "105"], "multiple of the 10 classes"),
+    (["--labels", "60000"], "only 50000"),
+    (["--model", "m7"], "unknown model"),
+    (["--epochs", "0"], "at least 1"),
+    (["--device", "cuda:3"] , "cuda"),
+])
+def test_impossible_options_stop_with_one_line(options, reason, tmp_path, capsys, mnist):
+    code = main(["train", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", *options])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("ssvae: ") and reason in err and "\n" not in err
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_evaluate_names_a_missing_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
