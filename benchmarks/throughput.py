@@ -9,7 +9,10 @@ Measures, in one process and one run:
 * the step's useful rate in GFLOP/s, from the multiply-adds of every linear layer (forward, the
   weight gradients, and the input gradients that backpropagation needs), and its ratio to the matmul rate.
 
-    python benchmarks/throughput.py [--seconds 20] [--unlabelled-batch 200] [--compile on|off]
+    python benchmarks/throughput.py [--seconds 20] [--unlabelled-batch 50 200 500] [--compile on|off]
+
+The first unlabelled batch size is the one ``ssvae train`` uses by default; larger ones show how
+much of the machine the same step uses when per-step overheads are spread over more images.
 
 Prints a table and writes benchmarks/results/throughput.json. Run it on an otherwise idle machine:
 the load average it ran under is printed beside the figures.
@@ -26,11 +29,12 @@ from pathlib import Path
 
 import torch
 
+from ssvae.config import TrainConfig
 from ssvae.data.batches import SemiSupervisedBatches
 from ssvae.data.labels import balanced_label_split, partial_labels
 from ssvae.data.mnist import load_mnist
 from ssvae.models.m2 import M2, M2Config
-from ssvae.runtime import autocast, bf16_supported, resolve_device, seed_everything, set_threads
+from ssvae.runtime import bf16_supported, resolve_device, seed_everything, set_threads
 from ssvae.trainer import Trainer, TrainerSettings
 
 
@@ -64,11 +68,49 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds
     return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def measure_step(data, labelled_batch: int, unlabelled_batch: int, device, use_bf16: bool, compile_: bool,
+                 seconds: float) -> dict:
+    """Time the trainer's own step on real MNIST batches; returns images/s and GFLOP/s."""
+    seed_everything(0)
+    labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
+    batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
+                                    labelled_batch, unlabelled_batch, True, device, seed=0)
+    model = M2(M2Config())
+    settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
+                               compile=compile_, progress=False)
+    trainer = Trainer(model, batches, lambda m: {}, Path("."), settings)
+
+    def batch_stream():
+        while True:
+            yield from batches
+
+    stream = batch_stream()
+    warm_start = time.perf_counter()
+    for _ in range(20):  # compilation and allocator warm-up
+        trainer.step(next(stream))
+    warmup = time.perf_counter() - warm_start
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        terms = trainer.step(next(stream))
+        steps += 1
+    terms.loss.item()  # wait for the device
+    elapsed = time.perf_counter() - start
+    images_per_s = steps * unlabelled_batch / elapsed
+    return {
+        "labelled_batch": labelled_batch, "unlabelled_batch": unlabelled_batch, "warmup_seconds": warmup,
+        "timed_steps": steps, "timed_seconds": elapsed, "unlabelled_images_per_second": images_per_s,
+        "seconds_per_epoch_50k": 50_000 / images_per_s,
+        "step_gflop_per_s": step_flops(model.config, labelled_batch, unlabelled_batch) * steps / elapsed / 1e9,
+    }
+
+
 def main() -> None:
+    defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds of training steps")
-    parser.add_argument("--labelled-batch", type=int, default=100)
-    parser.add_argument("--unlabelled-batch", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds of training steps per batch size")
+    parser.add_argument("--labelled-batch", type=int, default=defaults.labelled_batch_size)
+    parser.add_argument("--unlabelled-batch", type=int, nargs="+",
+                        default=[defaults.unlabelled_batch_size, 200, 500])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
@@ -83,52 +125,25 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     data = load_mnist()
-    seed_everything(0)
-    labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
-    batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
-                                    args.labelled_batch, args.unlabelled_batch, True, device, seed=0)
-    model = M2(M2Config())
-    settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
-                               compile=args.compile == "on", progress=False)
-    trainer = Trainer(model, batches, lambda m: {}, Path("."), settings)
-
-    def batch_stream():
-        while True:
-            yield from batches
-
-    stream = batch_stream()
-    warm_start = time.perf_counter()
-    for _ in range(20):  # compilation and allocator warm-up
-        trainer.step(next(stream))
-    warmup = time.perf_counter() - warm_start
-
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        terms = trainer.step(next(stream))
-        steps += 1
-    terms.loss.item()  # wait for the device
-    elapsed = time.perf_counter() - start
-    images_per_s = steps * args.unlabelled_batch / elapsed
-    step_gflops = step_flops(model.config, args.labelled_batch, args.unlabelled_batch) * steps / elapsed / 1e9
+    rows = [measure_step(data, args.labelled_batch, b, device, use_bf16, args.compile == "on", args.seconds)
+            for b in args.unlabelled_batch]
     peak = matmul_rate(dtype, device)
-
+    for row in rows:
+        row["ratio_to_matmul"] = row["step_gflop_per_s"] / peak
     result = {
         "device": str(device), "threads": threads, "cpu": platform.processor() or platform.machine(),
         "load_average_before": load, "dtype": str(dtype).replace("torch.", ""), "compile": args.compile,
-        "labelled_batch": args.labelled_batch, "unlabelled_batch": args.unlabelled_batch,
-        "warmup_seconds": warmup, "timed_steps": steps, "timed_seconds": elapsed,
-        "unlabelled_images_per_second": images_per_s, "seconds_per_epoch_50k": 50_000 / images_per_s,
-        "step_gflop_per_s": step_gflops, "matmul_gflop_per_s": peak, "ratio": step_gflops / peak,
+        "matmul_gflop_per_s": peak, "steps": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"M2 training step on {device} ({threads or '-'} threads, {result['dtype']}, compile {args.compile}, "
-          f"load average before {load:.2f})")
-    print(f"{'unlabelled images/s':<28}{images_per_s:>10.0f}")
-    print(f"{'seconds per 50k epoch':<28}{result['seconds_per_epoch_50k']:>10.2f}")
-    print(f"{'step GFLOP/s':<28}{step_gflops:>10.1f}")
-    print(f"{'matmul GFLOP/s (' + result['dtype'] + ')':<28}{peak:>10.1f}")
-    print(f"{'ratio step / matmul':<28}{result['ratio']:>10.1%}")
+          f"load average before {load:.2f}); matmul {peak:.0f} GFLOP/s in {result['dtype']}")
+    print("| labelled + unlabelled batch | unlabelled images/s | s per 50k epoch | step GFLOP/s | of matmul rate |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['labelled_batch']} + {r['unlabelled_batch']} | {r['unlabelled_images_per_second']:.0f} | "
+              f"{r['seconds_per_epoch_50k']:.2f} | {r['step_gflop_per_s']:.0f} | {r['ratio_to_matmul']:.0%} |")
     print(f"wrote {args.out}")
 
 

@@ -62,3 +62,13 @@ def test_impossible_options_stop_with_one_line(options, reason, tmp_path, capsys
 def test_evaluate_names_a_missing_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_data_fetch_from_a_folder_without_mnist_says_what_to_supply(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SSVAE_DATA", str(tmp_path / "cache"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train-images-idx3-ubyte.gz").write_bytes(b"not a gzip file")
+    assert main(["data", "fetch", "mnist", "--from", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz" in err and "\n" not in err.strip()
+    assert not (tmp_path / "cache" / "mnist.npz").exists()

@@ -73,6 +73,11 @@ class SemiSupervisedBatches:
         self.generator.manual_seed(seed)
         self._labelled_order = self.labelled_index[:0]
 
+    @property
+    def images_per_step(self) -> int:
+        """Unlabelled images per step: the figure of merit for speed, since they cost K passes each."""
+        return self.unlabelled_batch_size
+
     def __len__(self) -> int:
         # The last, partial batch is dropped: every step has the same shapes (no recompilation),
         # and the next epoch's reshuffle gives the dropped images their turn.

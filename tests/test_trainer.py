@@ -1,0 +1,62 @@
+"""The trainer on a model it knows nothing about: a line fitted to points."""
+
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssvae.trainer import Trainer, TrainerSettings
+
+
+@dataclass
+class LineTerms:
+    loss: torch.Tensor
+    squared_error: torch.Tensor
+
+
+class Line(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fit = nn.Linear(1, 1)
+
+    def loss(self, batch):
+        x, y = batch
+        error = ((self.fit(x) - y) ** 2).mean()
+        return LineTerms(loss=error, squared_error=error.detach())
+
+
+def settings(**overrides):
+    base = dict(epochs=3, minutes=None, learning_rate=0.05, device=torch.device("cpu"), bf16=False,
+                compile=False, progress=False)
+    return TrainerSettings(**{**base, **overrides})
+
+
+def points():
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 1)
+    return [(xi, 3 * xi + 1) for xi in x]
+
+
+def test_keeps_the_weights_of_the_best_validation_epoch(tmp_path):
+    scores = iter([0.5, 0.9, 0.7])  # the best epoch is the second, not the last
+    trainer = Trainer(Line(), points(), lambda m: {"val_accuracy": next(scores)}, tmp_path, settings())
+    result = trainer.fit()
+    assert result.best_epoch == 2 and result.epochs == 3
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and "optimizer" in last
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_accuracy"] for r in lines] == [0.5, 0.9, 0.7]
+    # every term of the loss is logged, named as the model named it
+    assert all("squared_error" in r and "loss" in r for r in lines)
+
+
+def test_learns_and_decays_the_learning_rate_to_zero(tmp_path):
+    trainer = Trainer(Line(), points(), lambda m: {"val_accuracy": 0.0}, tmp_path, settings(epochs=20, weight_average_decay=0.9))
+    result = trainer.fit()
+    assert result.history[-1]["squared_error"] < 0.05 * result.history[0]["squared_error"]
+    assert trainer.optimizer.param_groups[0]["lr"] < 0.01 * 0.05
+    # the kept weights are the running average, close to the last iterate at the end of a decayed run
+    averaged, live = trainer.evaluated_model.fit.weight.item(), trainer.model.fit.weight.item()
+    assert averaged != live and abs(averaged - live) < 0.05
