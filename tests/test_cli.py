@@ -70,5 +70,6 @@ def test_data_fetch_from_a_folder_without_mnist_says_what_to_supply(tmp_path, ca
     (tmp_path / "mine" / "train-images-idx3-ubyte.gz").write_bytes(b"not a gzip file")
     assert main(["data", "fetch", "mnist", "--from", str(tmp_path / "mine")]) == 2
     err = capsys.readouterr().err
-    assert "train-images-idx3-ubyte.gz" in err and "\n" not in err.strip()
+    # names the folder and the files it still needs
+    assert "mine" in err and "train-labels-idx1-ubyte.gz" in err and "\n" not in err.strip()
     assert not (tmp_path / "cache" / "mnist.npz").exists()
