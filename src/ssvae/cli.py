@@ -49,7 +49,7 @@ def _add_train(sub) -> None:
                    help="use only the first N unlabelled training images (quick trials; default: all)")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")
     p.add_argument("--alpha", type=float, default=None,
-                   help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 10)")
+                   help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 3)")
     p.add_argument("--latent-dim", type=int, default=None, help="size of z (model default: 50)")
     p.add_argument("--hidden-dim", type=int, default=None, help="hidden units of encoder and decoder (default: 500)")
     p.add_argument("--no-binarize", action="store_true",

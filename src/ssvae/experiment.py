@@ -104,7 +104,7 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
 
     fit = Trainer(model, batches, validate, run_dir, settings).fit()
     result = evaluate_model(run_dir, model, data, device)
-    result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, best_epoch=fit.best_epoch)
+    result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes)
     (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

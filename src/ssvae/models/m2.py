@@ -16,9 +16,13 @@ Bounds, per image, in nats (L and U are *negative* evidence lower bounds, so low
     -L(x,y) = E_q(z|x,y)[log p(x|y,z)] + log p(y) - KL(q(z|x,y) || p(z))
     -U(x)   = sum_y q(y|x) * (-L(x,y)) + H(q(y|x))           # y summed out, never sampled
 
-Objective per training step, on a labelled batch and an unlabelled batch::
+Objective per training step, on a labelled batch and an unlabelled batch, with N_l labelled and
+N_u unlabelled images in the data (N = N_l + N_u)::
 
-    J = mean_labelled L + mean_unlabelled U + alpha * mean_labelled[-log q(y|x)]
+    J = (N_l/N) mean_labelled L + (N_u/N) mean_unlabelled U + alpha * mean_labelled[-log q(y|x)]
+
+This is the paper's objective divided by N, whatever the batch sizes; the paper's alpha = 0.1 N is
+alpha = 0.1 here.
 
 Without the alpha term the classifier only learns from labels through the generative model, which
 is far too weak a signal (accuracy near 20% with 100 labels).
@@ -50,7 +54,7 @@ class M2Config:
     hidden_dim: int = 500
     classifier_hidden_dim: int = 500
     # Weight of the labelled cross-entropy, relative to the per-image bounds (see module docstring).
-    alpha: float = 10.0
+    alpha: float = 3.0
 
     def validate(self) -> None:
         from ..errors import SsvaeError
