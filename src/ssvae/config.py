@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import SsvaeError
+from .models import REGISTRY
 
-MODELS = ("m2",)
+MODELS = tuple(REGISTRY)
 
 
 @dataclass
