@@ -71,8 +71,8 @@ def _train(args) -> int:
     config = TrainConfig(
         model=args.model, data=args.data, labels=args.labels, seed=args.seed, epochs=args.epochs,
         minutes=minutes, labelled_batch_size=args.labelled_batch, unlabelled_batch_size=args.unlabelled_batch,
-        learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=not args.no_binarize, device=args.device, threads=args.threads,
-        bf16=args.bf16, compile=args.compile,
+        learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=not args.no_binarize,
+        device=args.device, threads=args.threads, bf16=args.bf16, compile=args.compile,
         model_options={k: v for k, v in options.items() if v is not None},
     )
     config.validate()

@@ -89,6 +89,6 @@ def test_loss_is_the_papers_objective_per_image(model_and_data):
 def test_labels_reach_the_classifier_through_the_loss(model_and_data):
     """Without a gradient from the labels into q(y|x), M2 classifies near chance."""
     model, x = model_and_data
-    batch = Batch(labelled_x=x, labelled_y=torch.zeros(6, dtype=torch.long), unlabelled_x=x[:0])
+    batch = Batch(labelled_x=x, labelled_y=torch.zeros(6, dtype=torch.long), unlabelled_x=x[:0], labelled_share=1.0)
     model.loss(batch).loss.backward()
     assert model.classifier[0].weight.grad.abs().sum() > 0

@@ -26,7 +26,7 @@ class Batch:
     unlabelled_x: Tensor  # float (B_u, D) in [0, 1]
     # N_l / N: the labelled images' share of the data, which weighs the labelled bound against the
     # unlabelled one so that the objective is the paper's J divided by N, whatever the batch sizes.
-    labelled_share: float = 0.5
+    labelled_share: float
 
 
 def to_inputs(images: Tensor, binarize: bool, generator: torch.Generator | None = None) -> Tensor:
