@@ -1,11 +1,15 @@
 """The trainer on a model it knows nothing about: a line fitted to points."""
 
 import json
+import math
 from dataclasses import dataclass
 
+import pytest
 import torch
 from torch import nn
 
+from ssvae.checkpoint import load_checkpoint
+from ssvae.errors import TrainingDiverged
 from ssvae.trainer import Trainer, TrainerSettings
 
 
@@ -45,7 +49,7 @@ def test_keeps_the_weights_of_the_best_validation_epoch(tmp_path):
     assert result.best_epoch == 2 and result.epochs == 3
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
     last = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert last["epoch"] == 3 and "optimizer" in last
+    assert last["epochs_done"] == 3 and "optimizer" in last
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_accuracy"] for r in lines] == [0.5, 0.9, 0.7]
     # every term of the loss is logged, named as the model named it
@@ -60,3 +64,42 @@ def test_learns_and_decays_the_learning_rate_to_zero(tmp_path):
     # the kept weights are the running average, close to the last iterate at the end of a decayed run
     averaged, live = trainer.evaluated_model.fit.weight.item(), trainer.model.fit.weight.item()
     assert averaged != live and abs(averaged - live) < 0.05
+
+
+def nan_points(bad_steps):
+    """The line's points, with NaN inputs at the given steps of every epoch."""
+    batches = points()
+    return [(torch.full_like(x, float("nan")), y) if i in bad_steps else (x, y) for i, (x, y) in enumerate(batches)]
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path):
+    trainer = Trainer(Line(), nan_points({2, 5}), lambda m: {"val_accuracy": 0.0}, tmp_path, settings(epochs=3))
+    result = trainer.fit()
+    assert trainer.skipped_steps == 6 and result.history[-1]["skipped_steps"] == 6
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.evaluated_model.parameters())
+    # the logged terms average the good steps only
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    batches = points()
+    scores = iter([0.5, 0.6, 0.7])
+
+    class Diverging(Line):
+        def loss(self, batch):
+            terms = super().loss(batch)
+            if trainer.epochs_done >= 1:  # after one good epoch, every step is NaN
+                terms.loss = terms.loss * float("nan")
+            return terms
+
+    trainer = Trainer(Diverging(), batches, lambda m: {"val_accuracy": next(scores)}, tmp_path,
+                      settings(epochs=3, max_bad_steps=5))
+    with pytest.raises(TrainingDiverged) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "5 steps in a row" in message and "step 13" in message and "loss nan" in message
+    assert "last.pt" in message and "epoch 1" in message
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert kept["epochs_done"] == 1 and kept["steps"] == 8
+    assert all(torch.isfinite(w).all() for w in kept["model"].values())

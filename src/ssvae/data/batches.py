@@ -72,6 +72,9 @@ class SemiSupervisedBatches:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self._labelled_order = self.labelled_index[:0]
+        # The epoch in progress: its order of unlabelled images, and how many batches were handed out.
+        self._epoch_order: Tensor | None = None
+        self._position = 0
 
     @property
     def images_per_step(self) -> int:
@@ -92,16 +95,46 @@ class SemiSupervisedBatches:
         return chosen
 
     def __iter__(self):
+        """The rest of the current epoch: a fresh epoch, or the remainder of one that was interrupted."""
         g = self.generator
-        perm = torch.randperm(len(self.unlabelled_index), generator=g, device=g.device)
-        order = self.unlabelled_index[perm]
+        if self._epoch_order is None:
+            perm = torch.randperm(len(self.unlabelled_index), generator=g, device=g.device)
+            self._epoch_order, self._position = self.unlabelled_index[perm], 0
         b = self.unlabelled_batch_size
-        for step in range(len(self)):
-            u = order[step * b:(step + 1) * b]
+        while self._position < len(self):
+            u = self._epoch_order[self._position * b:(self._position + 1) * b]
             l = self._next_labelled()
-            yield Batch(
+            batch = Batch(
                 labelled_x=to_inputs(self.images[l], self.binarize, g),
                 labelled_y=self.labels[l],
                 unlabelled_x=to_inputs(self.images[u], self.binarize, g),
                 labelled_share=self.labelled_share,
             )
+            # Counted as consumed before it is handed out, so a checkpoint taken after the step
+            # that used it resumes with the next one.
+            self._position += 1
+            yield batch
+        self._epoch_order = None
+
+    def end_epoch(self) -> None:
+        """Drop what is left of the current epoch (when a time budget cut it short)."""
+        self._epoch_order, self._position = None, 0
+
+    # -- exact resume ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Where the stream stands: the generator, the labelled queue, this epoch's order and position."""
+        return {
+            "generator": self.generator.get_state(),
+            "labelled_order": self._labelled_order.cpu(),
+            "epoch_order": None if self._epoch_order is None else self._epoch_order.cpu(),
+            "position": self._position,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.images.device
+        self.generator.set_state(state["generator"])
+        self._labelled_order = state["labelled_order"].to(device)
+        order = state["epoch_order"]
+        self._epoch_order = None if order is None else order.to(device)
+        self._position = int(state["position"])

@@ -1,0 +1,125 @@
+"""Nothing lost: a run killed at any moment and resumed ends exactly where an unbroken run ends."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ssvae.checkpoint import load_checkpoint
+
+# Metrics that measure the clock, not the training.
+TIMING = {"minutes", "images_per_second"}
+
+
+def train_command(run, *extra):
+    return [sys.executable, "-m", "ssvae", "train", "--epochs", "3", "--max-unlabelled", "1200",
+            "--unlabelled-batch", "40", "--labelled-batch", "20", "--compile", "off", "--threads", "1",
+            "--checkpoint-minutes", "0.003", "--quiet", "--out", str(run), *extra]
+
+
+def learned(run):
+    """Everything the run learned and logged, minus the clock."""
+    last = load_checkpoint(run / "last.pt")
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return last, metrics, load_checkpoint(run / "best.pt")
+
+
+def assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}/{i}")
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(tmp_path_factory, mnist):
+    run = tmp_path_factory.mktemp("unbroken") / "run"
+    subprocess.run(train_command(run), check=True, capture_output=True)
+    return run
+
+
+def test_killed_and_resumed_run_is_bit_identical_to_an_unbroken_one(unbroken_run, tmp_path):
+    run = tmp_path / "run"
+    rng = random.Random(7)
+    command, kills, resumed_from = train_command(run), 0, []
+    while True:
+        marker = run / "checkpoints.json"
+        before = marker.stat().st_mtime_ns if marker.exists() else None
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if kills < 3:
+            # Once this process has trained far enough to write a checkpoint, kill it at a random moment.
+            while process.poll() is None and (not marker.exists() or marker.stat().st_mtime_ns == before):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.6))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+                resumed_from.append(load_checkpoint(run / "last.pt")["steps"])
+        out, err = process.communicate()
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, err.decode()
+        command = [sys.executable, "-m", "ssvae", "train", "--resume", str(run), "--quiet"]
+    assert kills == 3
+    # every kill came after some progress, and the resumes started from different places
+    assert 0 < resumed_from[0] < resumed_from[1] < resumed_from[2] < 90, resumed_from
+    assert b"test accuracy" in out
+
+    last, metrics, best = learned(run)
+    want_last, want_metrics, want_best = learned(unbroken_run)
+    assert metrics == want_metrics and len(metrics) == 3
+    for part in ("model", "averaged_model", "optimizer", "rng", "batches"):
+        assert_same_tensors(last[part], want_last[part], part)
+    assert_same_tensors(best["model"], want_best["model"], "best")
+    assert last["steps"] == want_last["steps"] == 3 * (1200 // 40)
+
+
+def test_sigterm_checkpoints_between_steps_and_the_run_goes_on_exactly(unbroken_run, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(train_command(run, "--checkpoint-minutes", "10"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not (run / "metrics.jsonl").exists() and process.poll() is None:
+        time.sleep(0.02)  # the first epoch is over: stop in the middle of the second
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate()
+    assert process.returncode == 130, err.decode()
+    assert f"--resume {run}" in err.decode()
+    stopped_at = load_checkpoint(run / "last.pt")
+    assert stopped_at["step_in_epoch"] > 0  # saved where it stood, not at the last epoch end
+
+    done = subprocess.run([sys.executable, "-m", "ssvae", "train", "--resume", str(run), "--quiet"],
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    last, metrics, _ = learned(run)
+    want_last, want_metrics, _ = learned(unbroken_run)
+    assert metrics == want_metrics
+    assert_same_tensors(last["model"], want_last["model"], "model")
+
+
+def test_resume_refuses_options_that_would_change_the_run(unbroken_run, capsys):
+    from ssvae.cli import main
+
+    assert main(["train", "--resume", str(unbroken_run), "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr" in err and "\n" not in err.strip()
+
+
+def test_resume_of_a_missing_run_says_so(tmp_path, capsys):
+    from ssvae.cli import main
+
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
