@@ -53,7 +53,7 @@ def test_unlabelled_bound_sums_every_class_like_a_per_class_loop(model_and_data,
     model, x = model_and_data
     draws = capture_noise(monkeypatch)
     bound, entropy = model.unlabelled_bound(x)
-    eps = draws[0]  # (batch, K, latent): one draw per image and class
+    eps = draws[0].view(len(x), 4, -1)  # one draw per image and class, rows ordered image-major
     q = torch.softmax(model.classify(x), -1)
     for b in range(len(x)):
         per_class = torch.stack([reference_bound(model, x[b], k, eps[b, k]) for k in range(4)])
@@ -68,9 +68,26 @@ def test_labelled_bound_matches_the_reference(model_and_data, monkeypatch):
     y = torch.tensor([0, 1, 2, 3, 1, 2])
     draws = capture_noise(monkeypatch)
     bound = model.labelled_bound(x, y)
-    eps = draws[0]  # (batch, 1, latent)
+    eps = draws[0]  # (batch, latent)
     for b in range(len(x)):
-        torch.testing.assert_close(bound[b], reference_bound(model, x[b], int(y[b]), eps[b, 0]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bound[b], reference_bound(model, x[b], int(y[b]), eps[b]), rtol=1e-5, atol=1e-5)
+
+
+def test_one_pass_over_labelled_and_unlabelled_images_gives_each_its_own_bound(model_and_data, monkeypatch):
+    """The training step stacks both kinds of image into one pass; no row may leak into another."""
+    model, x = model_and_data
+    labelled_x, labelled_y, unlabelled_x = x[:2], torch.tensor([3, 0]), x[2:]
+    draws = capture_noise(monkeypatch)
+    labelled, per_class = model.bounds(labelled_x, labelled_y, unlabelled_x)
+    eps = draws[0]  # 4 unlabelled images x 4 classes, then the 2 labelled images
+    assert labelled.shape == (2,) and per_class.shape == (4, 4)
+    for b in range(4):
+        for k in range(4):
+            expected = reference_bound(model, unlabelled_x[b], k, eps[4 * b + k])
+            torch.testing.assert_close(per_class[b, k], expected, rtol=1e-5, atol=1e-5)
+    for j in range(2):
+        expected = reference_bound(model, labelled_x[j], int(labelled_y[j]), eps[16 + j])
+        torch.testing.assert_close(labelled[j], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_loss_is_the_papers_objective_per_image(model_and_data):

@@ -27,11 +27,12 @@ alpha = 0.1 here.
 Without the alpha term the classifier only learns from labels through the generative model, which
 is far too weak a signal (accuracy near 20% with 100 labels).
 
-The unlabelled bound is the hot path. All K classes are evaluated in one batched pass of shape
-(batch, K, ...): the encoder's first layer is split into an x-part, computed once per image and
-shared by every class, and a y-part, which is just one row of weights per class. The KL term is
-analytic (both Gaussians), and one reparameterised sample of z per (x, y) estimates the expected
-log-likelihood.
+The unlabelled bound is the hot path. All K classes are evaluated in one batched pass: the
+encoder's first layer is split into an x-part, computed once per image and shared by every class,
+and a y-part, which is just one row of weights per class. The labelled images ride along in the
+same pass, at their own class only, so a training step is one classifier pass and one encoder and
+decoder pass over all the (image, class) pairs it needs. The KL term is analytic (both Gaussians),
+and one reparameterised sample of z per (x, y) estimates the expected log-likelihood.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def at_least_float32(t: Tensor) -> Tensor:
 class M2(nn.Module):
     """The M2 model: classifier q(y|x), encoder q(z|x,y) and decoder p(x|y,z).
 
-    Inputs ``x`` are pixel intensities in [0, 1] of shape (batch, input_dim): binary samples during
-    training (dynamic binarisation is done by the data pipeline) or grey levels at test time.
+    Inputs ``x`` are pixel intensities in [0, 1] of shape (batch, input_dim): grey levels, or binary
+    samples of them when the data pipeline binarises dynamically. The Bernoulli log-likelihood
+    x*l - softplus(l) scores either.
     """
 
     def __init__(self, config: M2Config = M2Config()):
@@ -125,38 +127,57 @@ class M2(nn.Module):
         """Logits of q(y|x), shape (batch, K)."""
         return self.classifier(x)
 
-    def encode(self, x: Tensor, y_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q(z|x,y), each (batch, C, latent_dim).
-
-        ``y_rows`` holds the class rows of W_y to use: (1, C, hidden) to share C classes across the
-        batch, or (batch, 1, hidden) for one known class per image.
-        """
-        hidden = F.softplus(self.encoder_x(x).unsqueeze(1) + y_rows)
+    def encode(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z|x,y), each (batch, latent_dim), for classes ``y`` (int64, (batch,))."""
+        hidden = F.softplus(self.encoder_x(x) + self.encoder_y[y])
         mu, logvar = at_least_float32(self.encoder_head(hidden)).chunk(2, dim=-1)
         return mu, logvar
 
-    def decode(self, z: Tensor, y_rows: Tensor) -> Tensor:
-        """Bernoulli logits of p(x|y,z), shape (batch, C, input_dim)."""
-        return self.decoder_out(F.softplus(self.decoder_z(z) + y_rows))
+    def decode(self, z: Tensor, y: Tensor) -> Tensor:
+        """Bernoulli logits of p(x|y,z), shape (batch, input_dim), for classes ``y`` (int64, (batch,))."""
+        return self.decoder_out(F.softplus(self.decoder_z(z) + self.decoder_y[y]))
 
     # -- bounds ----------------------------------------------------------------------------------
 
-    def _negative_bound(self, x: Tensor, encoder_rows: Tensor, decoder_rows: Tensor) -> Tensor:
-        """L(x,y) for every class given by the rows, shape (batch, C): one sample of z each."""
-        mu, logvar = self.encode(x, encoder_rows)
+    def bounds(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor) -> tuple[Tensor, Tensor]:
+        """L(x,y) for every (image, class) pair a training step needs, in one pass.
+
+        Returns ``(labelled, per_class)``: L(x,y) of each labelled image at its own class, shape
+        (B_l,), and of each unlabelled image at every class, shape (B_u, K).
+
+        The pairs are stacked as rows, B_u*K for the unlabelled images then B_l for the labelled
+        ones, so that each layer after the shared x-part is one matrix multiply for the whole step.
+        One reparameterised sample of z is drawn per row.
+        """
+        k, n_u = self.config.num_classes, unlabelled_x.shape[0]
+        # First encoder layer: W_x x (once per image) + W_y[y] (one row of weights per class).
+        shared = self.encoder_x(torch.cat([unlabelled_x, labelled_x]))
+        pre = torch.cat([
+            (shared[:n_u].unsqueeze(1) + self.encoder_y).flatten(0, 1),  # every class, row b*K + c
+            shared[n_u:] + self.encoder_y[labelled_y],
+        ])
+        mu, logvar = at_least_float32(self.encoder_head(F.softplus(pre))).chunk(2, dim=-1)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        logits = at_least_float32(self.decode(z, decoder_rows))
+        # First decoder layer: W_z z + V_y[y], the y-part again one row per class.
+        first = self.decoder_z(z)
+        pre = torch.cat([
+            (first[:n_u * k].unflatten(0, (n_u, k)) + self.decoder_y).flatten(0, 1),
+            first[n_u * k:] + self.decoder_y[labelled_y],
+        ])
+        logits = at_least_float32(self.decoder_out(F.softplus(pre)))
         # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
-        log_px = (x.unsqueeze(1) * logits).sum(-1) - F.softplus(logits).sum(-1)
+        unlabelled_logits = logits[:n_u * k].unflatten(0, (n_u, k))
+        log_px = torch.cat([
+            (unlabelled_x.unsqueeze(1) * unlabelled_logits).sum(-1).flatten(),
+            (labelled_x * logits[n_u * k:]).sum(-1),
+        ]) - F.softplus(logits).sum(-1)
         kl_z = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
-        log_py = -math.log(self.config.num_classes)
-        return -(log_px + log_py - kl_z)
+        negative = -(log_px - math.log(k) - kl_z)  # log p(y) = -log K
+        return negative[n_u * k:], negative[:n_u * k].view(n_u, k)
 
     def labelled_bound(self, x: Tensor, y: Tensor) -> Tensor:
         """L(x,y) per image, shape (batch,), for known classes ``y`` (int64, (batch,))."""
-        rows_enc = self.encoder_y[y].unsqueeze(1)
-        rows_dec = self.decoder_y[y].unsqueeze(1)
-        return self._negative_bound(x, rows_enc, rows_dec).squeeze(1)
+        return self.bounds(x, y, x[:0])[0]
 
     def unlabelled_bound(self, x: Tensor, class_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """U(x) per image with y summed out over all K classes in one pass, and H(q(y|x)).
@@ -165,17 +186,27 @@ class M2(nn.Module):
         """
         if class_logits is None:
             class_logits = self.classify(x)
-        per_class = self._negative_bound(x, self.encoder_y.unsqueeze(0), self.decoder_y.unsqueeze(0))
+        per_class = self.bounds(x[:0], torch.zeros(0, dtype=torch.long, device=x.device), x)[1]
+        return self._sum_out_classes(per_class, class_logits)
+
+    @staticmethod
+    def _sum_out_classes(per_class: Tensor, class_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """U = sum_y q(y|x) L(x,y) - H(q(y|x)), and H, from the per-class bounds and q's logits."""
         log_q = F.log_softmax(at_least_float32(class_logits), dim=-1)
         q = log_q.exp()
         entropy = -(q * log_q).sum(-1)
         return (q * per_class).sum(-1) - entropy, entropy
 
     def loss(self, batch) -> M2Terms:
-        """The training objective J on one :class:`~ssvae.data.batches.Batch` (see module docstring)."""
-        unlabelled, entropy = self.unlabelled_bound(batch.unlabelled_x)
-        labelled = self.labelled_bound(batch.labelled_x, batch.labelled_y)
-        classification = F.cross_entropy(at_least_float32(self.classify(batch.labelled_x)), batch.labelled_y)
+        """The training objective J on one :class:`~ssvae.data.batches.Batch` (see module docstring).
+
+        The classifier and every bound run once over the labelled and unlabelled images together.
+        """
+        n_u = batch.unlabelled_x.shape[0]
+        labelled, per_class = self.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x)
+        class_logits = at_least_float32(self.classify(torch.cat([batch.unlabelled_x, batch.labelled_x])))
+        unlabelled, entropy = self._sum_out_classes(per_class, class_logits[:n_u])
+        classification = F.cross_entropy(class_logits[n_u:], batch.labelled_y)
         share = batch.labelled_share
         loss = share * labelled.mean() + (1 - share) * unlabelled.mean() + self.config.alpha * classification
         return M2Terms(
