@@ -74,7 +74,7 @@ def measure_step(data, labelled_batch: int, unlabelled_batch: int, device, use_b
     seed_everything(0)
     labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
     batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
-                                    labelled_batch, unlabelled_batch, True, device, seed=0)
+                                    labelled_batch, unlabelled_batch, TrainConfig().binarize, device, seed=0)
     model = M2(M2Config())
     settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
                                compile=compile_, progress=False)

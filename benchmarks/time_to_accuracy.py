@@ -17,8 +17,10 @@ import argparse
 import json
 import os
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
+from ssvae.checkpoint import atomic_write_json
 from ssvae.config import TrainConfig
 from ssvae.experiment import train
 
@@ -50,16 +52,16 @@ def main() -> None:
         })
         print(f"seed {seed}: test {result['test_accuracy']:.4f}, best validation {result['val_accuracy']:.4f}, "
               f"validation {args.target:.2f} after {'%.1f min' % reached if reached else 'never'}", flush=True)
-
-    tests = [r["test_accuracy"] for r in rows]
-    summary = {
-        "labels": args.labels, "minutes_budget": args.minutes, "target": args.target,
-        "load_average_before": load, "runs": rows,
-        "test_accuracy_mean": statistics.mean(tests),
-        "test_accuracy_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+        # Written after every seed, so that an interrupted benchmark keeps the seeds it finished.
+        tests = [r["test_accuracy"] for r in rows]
+        summary = {
+            "labels": args.labels, "minutes_budget": args.minutes, "target": args.target,
+            "config": asdict(config), "load_average_before": load, "runs": rows,
+            "test_accuracy_mean": statistics.mean(tests),
+            "test_accuracy_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out, summary)
     print()
     print(f"| seed | minutes to val {args.target:.2f} | best val | test |")
     print("|---|---|---|---|")

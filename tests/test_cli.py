@@ -12,7 +12,8 @@ from ssvae.cli import main
 def smoke_run(tmp_path_factory, mnist):
     run = tmp_path_factory.mktemp("runs") / "m2-smoke"
     code = main(["train", "--model", "m2", "--labels", "100", "--epochs", "1", "--max-unlabelled", "3000",
-                 "--unlabelled-batch", "100", "--compile", "off", "--quiet", "--out", str(run)])
+                 "--unlabelled-batch", "100", "--labelled-batch", "10", "--compile", "off", "--quiet",
+                 "--out", str(run)])
     assert code == 0
     return run
 

@@ -67,8 +67,9 @@ def _add_train(sub) -> None:
                    help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 3)")
     p.add_argument("--latent-dim", type=int, default=None, help="size of z (model default: 50)")
     p.add_argument("--hidden-dim", type=int, default=None, help="hidden units of encoder and decoder (default: 500)")
-    p.add_argument("--no-binarize", action="store_true",
-                   help="feed grey levels instead of redrawing binary pixels every batch")
+    p.add_argument("--binarize", action="store_true",
+                   help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
+                   "binarisation) instead of using its grey level")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default=d.bf16,
                    help="bf16 autocast; auto uses it where the hardware has native bf16")
     p.add_argument("--compile", choices=("auto", "on", "off"), default=d.compile,
@@ -102,7 +103,7 @@ def _train(args) -> int:
     config = TrainConfig(
         model=args.model, data=args.data, labels=args.labels, seed=args.seed, epochs=args.epochs,
         minutes=minutes, labelled_batch_size=args.labelled_batch, unlabelled_batch_size=args.unlabelled_batch,
-        learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=not args.no_binarize,
+        learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=args.binarize,
         device=args.device, threads=args.threads, bf16=args.bf16, compile=args.compile,
         checkpoint_minutes=args.checkpoint_minutes,
         checkpoint_each_epoch=not args.no_epoch_checkpoints, model_options={k: v for k, v in options.items() if v is not None},

@@ -25,11 +25,17 @@ class TrainConfig:
     minutes: float | None = 10.0  # ... or after this many minutes, whichever comes first
     # Small batches and a high learning rate: M2 learns more per minute from many noisy steps than
     # from few exact ones; the weight average and the cosine decay take the noise back out.
-    labelled_batch_size: int = 50
+    # One labelled image per step: the 100 labels are then seen 10 times per epoch instead of 500,
+    # and the classifier stays less sure of itself on the unlabelled images (10 epochs, seed 0:
+    # validation 0.900 with 1, 0.894 with 5, 0.842 with 50).
+    labelled_batch_size: int = 1
     unlabelled_batch_size: int = 50
     learning_rate: float = 4e-3
     max_unlabelled: int | None = None  # use only the first N unlabelled images (quick trials and tests)
-    binarize: bool = True  # dynamic binarisation: pixels redrawn as Bernoulli samples every batch
+    # Pixels as grey levels in [0, 1], scored by the Bernoulli likelihood as they are. Dynamic
+    # binarisation (pixels redrawn as Bernoulli samples every batch) costs M2 about 0.05 accuracy
+    # with 100 labels in 10 minutes (0.874 against 0.900 validation after 10 epochs, seed 0).
+    binarize: bool = False
     device: str = "auto"
     threads: int | None = None  # torch threads on CPU; default one per available core
     bf16: str = "auto"  # bf16 autocast: "auto" (where the hardware has native bf16), "on" or "off"

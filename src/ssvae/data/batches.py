@@ -4,8 +4,8 @@ Every step pairs a batch of unlabelled images with a batch of labelled ones. An 
 over the unlabelled images in a fresh random order; the few labelled images are cycled through
 (again reshuffled on every pass), so the labels are seen many times per epoch. The whole data set
 lives on the device as uint8, and images are turned into model inputs there: scaled to [0, 1] and,
-by default, binarised afresh each time they are drawn (each pixel ~ Bernoulli(intensity)), which
-regularises the model far better than one fixed threshold.
+with ``binarize``, binarised afresh each time they are drawn (each pixel ~ Bernoulli(intensity)),
+which is far better than one fixed threshold; by default the grey levels are used as they are.
 """
 
 from __future__ import annotations
