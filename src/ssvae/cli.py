@@ -35,20 +35,30 @@ def _add_train(sub) -> None:
         "the weights with the best validation accuracy, and print the test accuracy of those weights.",
         formatter_class=HelpWithDefaults,
     )
-    p.add_argument("--model", default=d.model, help=f"model family: {', '.join(MODELS)}")
+    p.add_argument("--model", default=d.model,
+                   help=f"model family: {', '.join(MODELS)} (m1: the VAE alone, unsupervised; m1m2: M2 on M1's features)")
     p.add_argument("--labels", type=int, default=d.labels,
                    help="number of labelled training images, balanced over the classes (must divide by them)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the label draw, the weights and the batches")
-    budget = p.add_argument_group("budget (training stops at whichever comes first)")
-    budget.add_argument("--epochs", type=int, default=None, help="passes over the unlabelled images")
-    budget.add_argument("--minutes", type=float, default=None,
-                        help=f"wall-clock minutes of training; {d.minutes:g} when no budget is given")
     p.add_argument("--out", type=Path, default=None,
                    help="run directory to write (default: runs/MODEL-LABELSlabels-seedSEED)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue the run in RUN from its last checkpoint, with its own config (only --device, "
                    "--threads and --quiet may be given with it); a finished run is just evaluated again")
+    _add_how_to_train(p)
+    p.set_defaults(func=_train)
+
+
+def _add_how_to_train(p) -> None:
+    """The options that say how to train, shared by ``train`` and ``sweep``."""
+    from .config import TrainConfig
+
+    d = TrainConfig()
+    budget = p.add_argument_group("budget (training stops at whichever comes first)")
+    budget.add_argument("--epochs", type=int, default=None, help="passes over the unlabelled images")
+    budget.add_argument("--minutes", type=float, default=None,
+                        help=f"wall-clock minutes of training; {d.minutes:g} when no budget is given")
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
                    help="write last.pt (everything needed to resume) at least this often within an epoch")
     p.add_argument("--no-epoch-checkpoints", action="store_true",
@@ -66,7 +76,8 @@ def _add_train(sub) -> None:
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 3)")
     p.add_argument("--latent-dim", type=int, default=None, help="size of z (model default: 50)")
-    p.add_argument("--hidden-dim", type=int, default=None, help="hidden units of encoder and decoder (default: 500)")
+    p.add_argument("--hidden-dim", type=int, default=None,
+                   help="hidden units of encoder and decoder (model default: 500 for M2, 600 for M1)")
     p.add_argument("--binarize", action="store_true",
                    help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
                    "binarisation) instead of using its grey level")
@@ -74,8 +85,34 @@ def _add_train(sub) -> None:
                    help="bf16 autocast; auto uses it where the hardware has native bf16")
     p.add_argument("--compile", choices=("auto", "on", "off"), default=d.compile,
                    help="torch.compile the loss; auto compiles runs of 3 minutes or more")
+    stacked = p.add_argument_group("M1+M2 (--model m1m2)")
+    stacked.add_argument("--m1", dest="m1_run", default=None, metavar="RUN",
+                         help="reuse the M1 trained by run RUN instead of training one first")
+    stacked.add_argument("--m1-share", type=float, default=d.m1_share,
+                         help="share of --minutes spent training M1 before M2")
+    stacked.add_argument("--active-threshold", type=float, default=d.active_threshold,
+                         help="keep the dimensions of M1's z whose q-means have at least this standard deviation")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=_train)
+
+
+def _config_from_args(args, model: str, labels: int, seed: int):
+    """The TrainConfig that the how-to-train options describe, for one model, label count and seed."""
+    from .config import TrainConfig
+
+    options = {"alpha": args.alpha, "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim}
+    minutes = args.minutes if args.minutes is not None or args.epochs is not None else TrainConfig().minutes
+    config = TrainConfig(
+        model=model, data=args.data, labels=labels, seed=seed, epochs=args.epochs,
+        minutes=minutes, labelled_batch_size=args.labelled_batch, unlabelled_batch_size=args.unlabelled_batch,
+        learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=args.binarize,
+        device=args.device, threads=args.threads, bf16=args.bf16, compile=args.compile,
+        checkpoint_minutes=args.checkpoint_minutes,
+        checkpoint_each_epoch=not args.no_epoch_checkpoints, m1_run=args.m1_run, m1_share=args.m1_share,
+        active_threshold=args.active_threshold,
+        model_options={k: v for k, v in options.items() if v is not None},
+    )
+    config.validate()
+    return config
 
 
 # Options that may accompany --resume: they say where to compute, not what.
@@ -98,28 +135,57 @@ def _train(args) -> int:
         _print_result(result, args.resume)
         return 0
 
-    options = {"alpha": args.alpha, "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim}
-    minutes = args.minutes if args.minutes is not None or args.epochs is not None else TrainConfig().minutes
-    config = TrainConfig(
-        model=args.model, data=args.data, labels=args.labels, seed=args.seed, epochs=args.epochs,
-        minutes=minutes, labelled_batch_size=args.labelled_batch, unlabelled_batch_size=args.unlabelled_batch,
-        learning_rate=args.lr, max_unlabelled=args.max_unlabelled, binarize=args.binarize,
-        device=args.device, threads=args.threads, bf16=args.bf16, compile=args.compile,
-        checkpoint_minutes=args.checkpoint_minutes,
-        checkpoint_each_epoch=not args.no_epoch_checkpoints, model_options={k: v for k, v in options.items() if v is not None},
-    )
-    config.validate()
+    config = _config_from_args(args, args.model, args.labels, args.seed)
     out = args.out or Path("runs") / f"{config.model}-{config.labels}labels-seed{config.seed}"
     result = train(config, out, overwrite=args.overwrite, progress=not args.quiet)
     _print_result(result, out)
     return 0
 
 
+def _add_sweep(sub) -> None:
+    from .config import MODELS
+
+    p = sub.add_parser(
+        "sweep", help="train a grid of label counts x seeds and tabulate test accuracy",
+        description="Train one run per (label count, seed), each in its own run directory under --out, and write "
+        "results.md and results.json there: mean and standard deviation of test accuracy per label count, minutes "
+        "per run, beside the paper's figures. Finished runs are reused and stopped ones resumed, so an "
+        "interrupted sweep is continued by running the same command again.",
+        formatter_class=HelpWithDefaults,
+    )
+    p.add_argument("--model", default="m2", help=f"model family: {', '.join(m for m in MODELS if m != 'm1')}")
+    p.add_argument("--labels", type=int, nargs="+", default=[100, 600, 1000, 3000], help="label counts")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 for each label count")
+    p.add_argument("--out", type=Path, default=None, help="sweep folder (default: runs/sweep-MODEL)")
+    _add_how_to_train(p)
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args) -> int:
+    from .sweep import run_sweep
+
+    if args.model == "m1":
+        raise SsvaeError("--model m1 has no classifier to sweep; sweep m2 or m1m2")
+    if args.seeds < 1:
+        raise SsvaeError(f"--seeds {args.seeds}: must be at least 1")
+    configs = [_config_from_args(args, args.model, labels, seed) for labels in args.labels for seed in range(args.seeds)]
+    out = args.out or Path("runs") / f"sweep-{args.model}"
+    table = run_sweep(configs, out, progress=not args.quiet)
+    print(table)
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return 0
+
+
 def _print_result(result: dict, run_dir: Path) -> None:
     skipped = f", {result['skipped_steps']} non-finite steps skipped" if result.get("skipped_steps") else ""
-    print(f"best validation accuracy {result['val_accuracy']:.4f} (epoch {result['checkpoint_epoch']}), "
-          f"{result['epochs']} epochs in {result['minutes']:.1f} min{skipped}")
-    print(f"test accuracy {result['test_accuracy']:.4f}")
+    if "val_elbo" in result:  # M1: no classifier, a bound
+        print(f"best validation ELBO {result['val_elbo']:.2f} nats (epoch {result['checkpoint_epoch']}), "
+              f"{result['epochs']} epochs in {result['minutes']:.1f} min{skipped}")
+        print(f"test ELBO {result['test_elbo']:.2f} nats")
+    else:
+        print(f"best validation accuracy {result['val_accuracy']:.4f} (epoch {result['checkpoint_epoch']}), "
+              f"{result['epochs']} epochs in {result['minutes']:.1f} min{skipped}")
+        print(f"test accuracy {result['test_accuracy']:.4f}")
     print(f"run directory: {run_dir}")
 
 
@@ -143,9 +209,52 @@ def _evaluate(args) -> int:
     result = evaluate_run(args.run, device=args.device, data_spec=args.data, log=log)
     if args.json:
         print(json.dumps(result))
+    elif "val_elbo" in result:
+        print(f"validation ELBO {result['val_elbo']:.2f} nats")
+        print(f"test ELBO       {result['test_elbo']:.2f} nats")
     else:
         print(f"validation accuracy {result['val_accuracy']:.4f}")
         print(f"test accuracy       {result['test_accuracy']:.4f}")
+    return 0
+
+
+def _add_baseline(sub) -> None:
+    p = sub.add_parser(
+        "baseline", help="classifiers that see only the labels: pixels + SVM, M1 + SVM",
+        description="What the generative models buy: an RBF SVM on the labelled pixels alone, and (with --m1) "
+        "on a trained M1's latent means. Same balanced label split as `ssvae train` with the same --labels and "
+        "--seed; the SVM's C is chosen on the validation split, the test split only reports.",
+        formatter_class=HelpWithDefaults,
+    )
+    p.add_argument("--labels", type=int, default=100, help="number of labelled training images, balanced over classes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the label draw")
+    p.add_argument("--m1", type=Path, default=None, metavar="RUN",
+                   help="an M1 run (ssvae train --model m1) whose latent means feed the second SVM")
+    p.add_argument("--data", default="mnist", help="'mnist' or a folder with the MNIST files")
+    p.add_argument("--device", default="auto", help="where M1 encodes the images: auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(func=_baseline)
+
+
+def _baseline(args) -> int:
+    from dataclasses import asdict
+
+    from .baselines import run_baselines
+    from .experiment import load_data
+    from .runtime import resolve_device
+
+    log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
+    data = load_data(args.data, log=log)
+    if args.labels < data.num_classes or args.labels % data.num_classes:
+        raise SsvaeError(f"--labels {args.labels}: must be a positive multiple of the {data.num_classes} classes")
+    results = run_baselines(data, args.labels, args.seed, args.m1, resolve_device(args.device))
+    if args.json:
+        print(json.dumps({"labels": args.labels, "seed": args.seed, "results": [asdict(r) for r in results]}))
+        return 0
+    print(f"| baseline, {args.labels} labels, seed {args.seed} | validation | test | C |")
+    print("|---|---|---|---|")
+    for r in results:
+        print(f"| {r.name} | {r.val_accuracy:.4f} | {r.test_accuracy:.4f} | {r.c:g} |")
     return 0
 
 
@@ -179,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssvae", description="Semi-supervised learning with deep generative models (Kingma et al. 2014).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_sweep(sub)
     _add_evaluate(sub)
+    _add_baseline(sub)
     _add_data(sub)
     return parser
 

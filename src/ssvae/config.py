@@ -42,6 +42,11 @@ class TrainConfig:
     compile: str = "auto"  # torch.compile the training loss: "auto" (for runs longer than a few minutes), "on", "off"
     checkpoint_minutes: float | None = 2.0  # last.pt at least this often within an epoch ...
     checkpoint_each_epoch: bool = True  # ... and at every epoch end
+    # M1+M2: a trained M1 run to reuse, else the share of the minutes given to training M1 first;
+    # z1 dimensions whose q-means vary less than active_threshold (std over the data) are dropped.
+    m1_run: str | None = None
+    m1_share: float = 0.5
+    active_threshold: float = 0.1
     model_options: dict = field(default_factory=dict)  # overrides of the model's config (alpha, sizes)
 
     def validate(self) -> None:
@@ -61,6 +66,12 @@ class TrainConfig:
                              f"({self.unlabelled_batch_size})")
         if not self.learning_rate > 0:
             raise SsvaeError(f"--lr {self.learning_rate}: must be positive")
+        if self.m1_run is not None and self.model != "m1m2":
+            raise SsvaeError(f"--m1 {self.m1_run}: only --model m1m2 builds on a trained M1")
+        if not self.active_threshold >= 0:
+            raise SsvaeError(f"--active-threshold {self.active_threshold}: must be zero or more")
+        if not 0 < self.m1_share < 1:
+            raise SsvaeError(f"--m1-share {self.m1_share}: must be between 0 and 1")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
             raise SsvaeError(f"--checkpoint-minutes {self.checkpoint_minutes}: must be positive")
         if self.threads is not None and self.threads < 1:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,58 +83,218 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
     device = resolve_device(config.device)
     threads = set_threads(config.threads) if device.type == "cpu" else None
     data = load_data(config.data, log=log)
-    if not resume:
+    if config.model == "m1":
+        labelled = np.zeros(0, dtype=np.int64)  # M1 learns without labels
+    elif not resume:
         labelled = balanced_label_split(data.train_labels, config.labels, data.num_classes, config.seed)
-    model = build_model(config.model, input_dim=data.train_images.shape[1], num_classes=data.num_classes,
-                        **config.model_options)
+    model_config = initial_model_config(config, data)
     if not resume:
         run_dir = prepare_run_dir(run_dir, overwrite)
-        save_config(run_dir / "config.json", config, model.config)
+        save_config(run_dir / "config.json", config, model_config)
         atomic_write_text(run_dir / "labelled_indices.json", json.dumps(labelled.tolist()) + "\n")
-
-    seed_everything(config.seed)
-    # Re-create the model after seeding so the initial weights depend on the seed alone.
-    model = build_model(config.model, **asdict(model.config))
-    train_images, train_labels = data.train_images, partial_labels(data.train_labels, labelled)
-    if config.max_unlabelled is not None:  # the labelled images and the first max_unlabelled others
-        keep = np.sort(np.concatenate([labelled, np.flatnonzero(train_labels < 0)[:config.max_unlabelled]]))
-        train_images, train_labels = train_images[keep], train_labels[keep]
-    batches = SemiSupervisedBatches(
-        train_images, train_labels,
-        config.labelled_batch_size, config.unlabelled_batch_size, config.binarize, device, config.seed,
-    )
-    use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported(device))
-    budget_minutes = config.minutes if config.minutes is not None else float("inf")
-    use_compile = config.compile == "on" or (config.compile == "auto" and budget_minutes >= 3)
-    settings = TrainerSettings(
-        epochs=config.epochs, minutes=config.minutes, learning_rate=config.learning_rate, device=device,
-        bf16=use_bf16, compile=use_compile, progress=progress, checkpoint_minutes=config.checkpoint_minutes,
-        checkpoint_each_epoch=config.checkpoint_each_epoch,
-    )
-
-    def validate(m):
-        return {"val_accuracy": accuracy(m, data.val_images, data.val_labels, device)}
-
-    trainer = Trainer(model, batches, validate, run_dir, settings)
-    if resume and (run_dir / "last.pt").is_file():
-        trainer.resume()
-        if trainer.finished():
-            log(f"{run_dir} has used its whole budget; evaluating it again")
-        else:
-            log(f"resuming {run_dir} at epoch {trainer.epochs_done + 1}, step {trainer.steps} "
-                f"({trainer.elapsed_seconds / 60:.1f} min trained)")
-    elif resume:
-        log(f"{run_dir} has no checkpoint yet: starting it from the beginning")
-        for stale in ("metrics.jsonl", "best.pt", "result.json"):
-            (run_dir / stale).unlink(missing_ok=True)
-    log(f"training {config.model} with {config.labels} labels (seed {config.seed}) on {device}"
-        f"{f' with {threads} threads' if threads else ''}; bf16 {'on' if use_bf16 else 'off'}, "
-        f"compile {'on' if use_compile else 'off'}; run directory {run_dir}")
-    fit = trainer.fit()
-    result = evaluate_model(run_dir, model, data, device)
-    result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, skipped_steps=trainer.skipped_steps)
+    log(f"training {config.model}{'' if config.model == 'm1' else f' with {config.labels} labels'} "
+        f"(seed {config.seed}) on {device}{f' with {threads} threads' if threads else ''}; run directory {run_dir}")
+    stage = Stage(config, data, labelled, device, progress, log, resume)
+    if config.model == "m1":
+        result = stage.train_m1(run_dir, model_config)
+    elif config.model == "m2":
+        result = stage.train_classifier(run_dir, build_model("m2", **asdict(model_config)), config.minutes)
+    else:
+        result = stage.train_m1m2(run_dir, model_config)
     atomic_write_json(run_dir / "result.json", result)
     return result
+
+
+def initial_model_config(config: TrainConfig, data):
+    """The model's config from the run's options and the data's shape. For M1+M2 the active
+    dimensions of z1 are not known until M1 is trained; they are filled in then."""
+    from .models.m1 import M1Config
+    from .models.m1m2 import M1M2Config
+    from .models.m2 import M2Config
+
+    facts = {"input_dim": data.train_images.shape[1], "num_classes": data.num_classes}
+    options = dict(config.model_options)
+    try:
+        if config.model == "m1":
+            if "hidden_dim" in options:  # one width for both hidden layers
+                options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
+            model_config = M1Config(**facts, **options)
+        elif config.model == "m2":
+            model_config = M2Config(**facts, **options)
+        else:
+            m1_config = M1Config(**facts, **options.pop("m1", {}))
+            m2_config = M2Config(input_dim=m1_config.latent_dim, num_classes=data.num_classes, likelihood="gaussian",
+                                 **options)
+            model_config = M1M2Config(m1=m1_config, m2=m2_config)
+            m1_config.validate()
+            m2_config.validate()
+            return model_config
+    except TypeError as error:
+        raise SsvaeError(f"model {config.model}: {error}") from None
+    model_config.validate()
+    return model_config
+
+
+class Stage:
+    """Trains the stages of one run: M1, a classifier (M2 on pixels or on M1's features), or both."""
+
+    def __init__(self, config: TrainConfig, data, labelled: np.ndarray, device: torch.device, progress: bool,
+                 log, resume: bool):
+        self.config, self.data, self.labelled, self.device = config, data, labelled, device
+        self.progress, self.log, self.resume = progress, log, resume
+
+    def settings(self, minutes: float | None, selection_metric: str, compile_ok: bool = True) -> TrainerSettings:
+        c = self.config
+        use_bf16 = c.bf16 == "on" or (c.bf16 == "auto" and bf16_supported(self.device))
+        budget = minutes if minutes is not None else float("inf")
+        use_compile = c.compile == "on" or (c.compile == "auto" and compile_ok and budget >= 3)
+        return TrainerSettings(
+            epochs=c.epochs, minutes=minutes, learning_rate=c.learning_rate, device=self.device, bf16=use_bf16,
+            compile=use_compile, progress=self.progress, selection_metric=selection_metric,
+            checkpoint_minutes=c.checkpoint_minutes, checkpoint_each_epoch=c.checkpoint_each_epoch,
+        )
+
+    def batches(self, labelled_batch_size: int) -> SemiSupervisedBatches:
+        """Training batches; with no labelled batch (M1), every training image counts as unlabelled."""
+        c, data = self.config, self.data
+        labelled = self.labelled if labelled_batch_size > 0 else np.zeros(0, dtype=np.int64)
+        train_images, train_labels = data.train_images, partial_labels(data.train_labels, labelled)
+        if c.max_unlabelled is not None:  # the labelled images and the first max_unlabelled others
+            keep = np.sort(np.concatenate([labelled, np.flatnonzero(train_labels < 0)[:c.max_unlabelled]]))
+            train_images, train_labels = train_images[keep], train_labels[keep]
+        return SemiSupervisedBatches(train_images, train_labels, labelled_batch_size, c.unlabelled_batch_size,
+                                     c.binarize, self.device, c.seed)
+
+    def fit(self, model, batches, validate, run_dir: Path, settings: TrainerSettings):
+        self.log(f"{type(model).__name__}: bf16 {'on' if settings.bf16 else 'off'}, "
+                 f"compile {'on' if settings.compile else 'off'}")
+        trainer = Trainer(model, batches, validate, run_dir, settings)
+        if self.resume and (run_dir / "last.pt").is_file():
+            trainer.resume()
+            if trainer.finished():
+                self.log(f"{run_dir} has used its whole budget; evaluating it again")
+            else:
+                self.log(f"resuming {run_dir} at epoch {trainer.epochs_done + 1}, step {trainer.steps} "
+                         f"({trainer.elapsed_seconds / 60:.1f} min trained)")
+        elif self.resume:
+            self.log(f"{run_dir} has no checkpoint yet: starting it from the beginning")
+            for stale in ("metrics.jsonl", "best.pt", "result.json"):
+                (run_dir / stale).unlink(missing_ok=True)
+        return trainer, trainer.fit()
+
+    def train_classifier(self, run_dir: Path, model, minutes: float | None) -> dict:
+        """M2, on pixels or (inside M1+M2) on M1's features: best weights chosen on validation accuracy."""
+        seed_everything(self.config.seed)
+        # Re-create the model after seeding so the initial weights depend on the seed alone.
+        model = _fresh_copy(model)
+        data, device = self.data, self.device
+
+        def validate(m):
+            return {"val_accuracy": accuracy(m, data.val_images, data.val_labels, device)}
+
+        trainer, fit = self.fit(model, self.batches(self.config.labelled_batch_size), validate, run_dir,
+                                self.settings(minutes, "val_accuracy"))
+        result = evaluate_model(run_dir, model, data, device)
+        result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, skipped_steps=trainer.skipped_steps)
+        return result
+
+    def train_m1(self, run_dir: Path, model_config, minutes: float | None = None) -> dict:
+        """M1 on every training image, labels unused: best weights chosen on the validation ELBO."""
+        from .models.m1 import M1
+
+        minutes = self.config.minutes if minutes is None else minutes
+        seed_everything(self.config.seed)
+        model = M1(model_config)
+        data, device, binarize = self.data, self.device, self.config.binarize
+
+        def validate(m):
+            return {"val_elbo": -mean_negative_elbo(m, data.val_images, device, binarize)}
+
+        trainer, fit = self.fit(model, self.batches(0), validate, run_dir, self.settings(minutes, "val_elbo"))
+        result = evaluate_model(run_dir, model, data, device, binarize=binarize)
+        result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, skipped_steps=trainer.skipped_steps)
+        return result
+
+    def train_m1m2(self, run_dir: Path, model_config) -> dict:
+        """M1 first (or a trained one reused), then M2 on its active latent dimensions."""
+        from .models.m1m2 import M1M2, M1M2Config, active_dimensions
+
+        c = self.config
+        if c.m1_run is not None:
+            m1, m1_minutes = load_m1(Path(c.m1_run), self.device), 0.0
+            self.log(f"stage 1: M1 from {c.m1_run}")
+        else:
+            m1_dir = run_dir / "m1"
+            m1_dir.mkdir(exist_ok=True)
+            if (m1_dir / "result.json").is_file():
+                m1_minutes = json.loads((m1_dir / "result.json").read_text())["minutes"]
+            else:
+                m1_budget = c.minutes * c.m1_share if c.minutes is not None else None
+                self.log(f"stage 1: M1 in {m1_dir}" + (f", {m1_budget:.1f} minutes" if m1_budget else ""))
+                m1_config = TrainConfig(**{**asdict(c), "model": "m1", "minutes": m1_budget, "m1_run": None,
+                                           "model_options": {}})
+                save_config(m1_dir / "config.json", m1_config, model_config.m1)
+                atomic_write_text(m1_dir / "labelled_indices.json", "[]\n")
+                m1_result = self.train_m1(m1_dir, model_config.m1, m1_budget)
+                atomic_write_json(m1_dir / "result.json", m1_result)
+                m1_minutes = m1_result["minutes"]
+            m1 = load_m1(m1_dir, self.device)
+        images = to_inputs(torch.as_tensor(self.data.train_images, device=self.device), binarize=False)
+        active = active_dimensions(m1, images, c.active_threshold)
+        full = M1M2Config(m1=m1.config, m2=replace(model_config.m2, input_dim=len(active)), active_dims=active)
+        full.validate()
+        save_config(run_dir / "config.json", c, full)
+        self.log(f"stage 2: M2 on {len(active)} active dimensions of M1's z (of {m1.config.latent_dim})")
+        model = M1M2(full)
+        model.m1.load_state_dict(m1.state_dict())
+        minutes = None if c.minutes is None else max(c.minutes - m1_minutes, 0.01)
+        result = self.train_classifier(run_dir, model, minutes)
+        result.update(m1_minutes=m1_minutes, active_dims=len(active))
+        if c.minutes is not None:
+            result["minutes"] += m1_minutes
+        return result
+
+
+def _fresh_copy(model):
+    """A new instance of ``model``'s class and config, keeping any frozen part it already holds."""
+    from .models.m1m2 import M1M2
+
+    fresh = type(model)(model.config)
+    if isinstance(model, M1M2):
+        fresh.m1.load_state_dict(model.m1.state_dict())
+    return fresh
+
+
+def load_m1(run_dir: Path, device: torch.device):
+    """The best M1 of a finished (or stopped) M1 run, for reuse as M1+M2's first stage."""
+    from .models.m1 import M1, M1Config
+
+    config, model_config = load_config(Path(run_dir) / "config.json")
+    if config.model != "m1":
+        raise SsvaeError(f"--m1 {run_dir}: that run trained {config.model}, not m1")
+    model = M1(M1Config(**model_config))
+    state = load_checkpoint(Path(run_dir) / "best.pt", map_location=device)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def mean_negative_elbo(model, images: np.ndarray, device: torch.device, binarize: bool,
+                       batch_size: int = 2000) -> float:
+    """M1's mean -ELBO over ``images`` in nats, with one fixed-seed sample of z (and of the pixels,
+    when binarised) per image, so that epochs are compared on the same noise."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    total = 0.0
+    x_all = torch.as_tensor(images, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for start in range(0, len(x_all), batch_size):
+            x = to_inputs(x_all[start:start + batch_size], binarize, generator)
+            total += float(model.negative_elbo(x).sum())
+    model.train(was_training)
+    return total / len(x_all)
 
 
 def _resumable_run(run_dir: Path, requested: TrainConfig) -> tuple[TrainConfig, np.ndarray]:
@@ -156,8 +316,8 @@ def _resumable_run(run_dir: Path, requested: TrainConfig) -> tuple[TrainConfig, 
     return config, labelled
 
 
-def evaluate_model(run_dir: Path, model, data, device: torch.device) -> dict:
-    """Validation and test accuracy of the run's best checkpoint."""
+def evaluate_model(run_dir: Path, model, data, device: torch.device, binarize: bool = False) -> dict:
+    """The run's best checkpoint on validation and test: accuracy for classifiers, the ELBO for M1."""
     best = run_dir / "best.pt"
     if not best.is_file():
         raise SsvaeError(f"{run_dir}: no best.pt; the run has not finished an epoch yet")
@@ -167,6 +327,12 @@ def evaluate_model(run_dir: Path, model, data, device: torch.device) -> dict:
     except (KeyError, RuntimeError) as error:  # weights of another model or shape
         raise SsvaeError(f"{best}: does not fit the model in {run_dir / 'config.json'} ({error})") from None
     model.to(device)
+    if not hasattr(model, "classify"):
+        return {
+            "val_elbo": -mean_negative_elbo(model, data.val_images, device, binarize),
+            "test_elbo": -mean_negative_elbo(model, data.test_images, device, binarize),
+            "checkpoint_epoch": state.get("epoch"),
+        }
     return {
         "val_accuracy": accuracy(model, data.val_images, data.val_labels, device),
         "test_accuracy": accuracy(model, data.test_images, data.test_labels, device),
@@ -183,4 +349,4 @@ def evaluate_run(run_dir: Path, device: str = "auto", data_spec: str | None = No
     dev = resolve_device(device)
     data = load_data(data_spec or config.data, log=log)
     model = build_model(config.model, **model_config)
-    return evaluate_model(run_dir, model, data, dev)
+    return evaluate_model(run_dir, model, data, dev, binarize=config.binarize)

@@ -81,8 +81,13 @@ class Trainer:
         self.validate = validate
         self.run_dir = Path(run_dir)
         self.settings = settings
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, fused=True)
+        # Only what is trained: a frozen part (M1 inside M1+M2) has no gradient and no optimiser state.
+        self.trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.trained, lr=settings.learning_rate, fused=True)
         self.averaged = copy.deepcopy(self.model).requires_grad_(False) if settings.weight_average_decay > 0 else None
+        if self.averaged is not None:  # the averaged twins of the trained parameters, in the same order
+            self._averaged_trained = [kept for kept, live in zip(self.averaged.parameters(), self.model.parameters())
+                                      if live.requires_grad]
         self.averaged_steps = 0
         # Compiling the loss fuses the many small element-wise ops around the matrix multiplies
         # (softplus, sampling, the Bernoulli log-likelihood) and their backward; it costs ~20-40 s
@@ -110,7 +115,7 @@ class Trainer:
             terms = self.loss_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.trained if p.grad is not None]
         # One host sync per step: free on CPU, where every op has already run.
         finite = torch.isfinite(terms.loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
         if not bool(finite):
@@ -143,8 +148,7 @@ class Trainer:
         self.averaged_steps += 1
         n = self.averaged_steps
         decay = min(self.settings.weight_average_decay, (1 + n) / (10 + n))
-        for kept, live in zip(self.averaged.parameters(), self.model.parameters()):
-            kept.lerp_(live, 1.0 - decay)
+        torch._foreach_lerp_(self._averaged_trained, self.trained, 1.0 - decay)
         for kept, live in zip(self.averaged.buffers(), self.model.buffers()):
             kept.copy_(live)
 

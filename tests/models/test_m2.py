@@ -19,9 +19,15 @@ def reference_bound(model: M2, x: torch.Tensor, y: int, eps: torch.Tensor) -> to
     mu, logvar = (model.encoder_head.weight @ hidden + model.encoder_head.bias).chunk(2)
     z = mu + torch.sqrt(torch.exp(logvar)) * eps
     dec_w = torch.cat([model.decoder_z.weight, model.decoder_y.t()], dim=1)  # acts on [z, y]
-    p = torch.sigmoid(model.decoder_out.weight @ F.softplus(dec_w @ torch.cat([z, onehot]) + model.decoder_z.bias)
-                      + model.decoder_out.bias)
-    log_px = (x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum()
+    out = model.decoder_out.weight @ F.softplus(dec_w @ torch.cat([z, onehot]) + model.decoder_z.bias) \
+        + model.decoder_out.bias
+    if model.config.likelihood == "bernoulli":
+        p = torch.sigmoid(out)
+        log_px = (x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum()
+    else:  # a diagonal Gaussian, density written out
+        mean, x_logvar = out.chunk(2)
+        x_var = torch.exp(x_logvar)
+        log_px = torch.log(torch.exp(-((x - mean) ** 2) / (2 * x_var)) / torch.sqrt(2 * math.pi * x_var)).sum()
     var = torch.exp(logvar)
     kl = 0.5 * (mu**2 + var - 1 - torch.log(var)).sum()
     return -(log_px + math.log(1.0 / k) - kl)
@@ -109,3 +115,23 @@ def test_labels_reach_the_classifier_through_the_loss(model_and_data):
     batch = Batch(labelled_x=x, labelled_y=torch.zeros(6, dtype=torch.long), unlabelled_x=x[:0], labelled_share=1.0)
     model.loss(batch).loss.backward()
     assert model.classifier[0].weight.grad.abs().sum() > 0
+
+
+def test_gaussian_likelihood_for_real_valued_features_matches_the_reference(monkeypatch):
+    """M1+M2 puts M2 on M1's latent features: p(z1|y,z2) is a diagonal Gaussian."""
+    torch.manual_seed(0)
+    config = M2Config(input_dim=5, num_classes=3, latent_dim=2, hidden_dim=8, classifier_hidden_dim=4,
+                      likelihood="gaussian")
+    model = M2(config).double()
+    unlabelled_x, labelled_x = torch.randn(3, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    labelled_y = torch.tensor([2, 0])
+    draws = capture_noise(monkeypatch)
+    labelled, per_class = model.bounds(labelled_x, labelled_y, unlabelled_x)
+    eps = draws[0]
+    for b in range(3):
+        for k in range(3):
+            torch.testing.assert_close(per_class[b, k], reference_bound(model, unlabelled_x[b], k, eps[3 * b + k]),
+                                       rtol=1e-6, atol=1e-6)
+    for j in range(2):
+        torch.testing.assert_close(labelled[j], reference_bound(model, labelled_x[j], int(labelled_y[j]), eps[9 + j]),
+                                   rtol=1e-6, atol=1e-6)

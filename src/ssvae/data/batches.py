@@ -45,6 +45,7 @@ class SemiSupervisedBatches:
     images : uint8 array or tensor (N, D)
     labels : int array (N,), ``-1`` for unlabelled examples
     labelled_batch_size, unlabelled_batch_size : int
+        A labelled batch size of 0 gives unlabelled batches only (for unsupervised models such as M1).
     binarize : bool
         Dynamic binarisation of every drawn batch.
     device : torch.device
@@ -58,7 +59,7 @@ class SemiSupervisedBatches:
         self.labelled_index = torch.as_tensor(np.flatnonzero(labels >= 0), device=device)
         self.unlabelled_index = torch.as_tensor(np.flatnonzero(labels < 0), device=device)
         self.labels = torch.as_tensor(labels, dtype=torch.int64, device=device)
-        if len(self.labelled_index) == 0:
+        if len(self.labelled_index) == 0 and labelled_batch_size > 0:
             raise SsvaeError("no labelled examples: semi-supervised training needs at least one label per class")
         if len(self.unlabelled_index) < unlabelled_batch_size:
             raise SsvaeError(

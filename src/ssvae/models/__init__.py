@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..errors import SsvaeError
+from .m1 import M1, M1Config
+from .m1m2 import M1M2, M1M2Config
 from .m2 import M2, M2Config
 
-REGISTRY = {"m2": (M2, M2Config)}
+REGISTRY = {"m1": (M1, M1Config), "m2": (M2, M2Config), "m1m2": (M1M2, M1M2Config)}
 
 
 def build_model(name: str, **options):

@@ -56,6 +56,9 @@ class M2Config:
     classifier_hidden_dim: int = 500
     # Weight of the labelled cross-entropy, relative to the per-image bounds (see module docstring).
     alpha: float = 3.0
+    # p(x|y,z): "bernoulli" for pixels in [0, 1]; "gaussian" (diagonal, mean and log-variance from the
+    # decoder) for real-valued features, such as M1's latent z1 in M1+M2.
+    likelihood: str = "bernoulli"
 
     def validate(self) -> None:
         from ..errors import SsvaeError
@@ -67,6 +70,8 @@ class M2Config:
             raise SsvaeError(f"M2: alpha must be a non-negative number, got {self.alpha}")
         if self.num_classes < 2:
             raise SsvaeError(f"M2: needs at least 2 classes, got {self.num_classes}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise SsvaeError(f"M2: likelihood must be bernoulli or gaussian, got {self.likelihood}")
 
 
 @dataclass
@@ -115,7 +120,7 @@ class M2(nn.Module):
         # p(x|y,z): first layer W_z z + V_y[y] + c, then Bernoulli logits per pixel.
         self.decoder_z = nn.Linear(z, h)
         self.decoder_y = nn.Parameter(torch.empty(k, h))
-        self.decoder_out = nn.Linear(h, d)
+        self.decoder_out = nn.Linear(h, d if config.likelihood == "bernoulli" else 2 * d)
         # One-hot inputs through a linear layer, initialised as nn.Linear would initialise W_y.
         bound = 1.0 / math.sqrt(k)
         nn.init.uniform_(self.encoder_y, -bound, bound)
@@ -134,7 +139,8 @@ class M2(nn.Module):
         return mu, logvar
 
     def decode(self, z: Tensor, y: Tensor) -> Tensor:
-        """Bernoulli logits of p(x|y,z), shape (batch, input_dim), for classes ``y`` (int64, (batch,))."""
+        """Parameters of p(x|y,z) for classes ``y`` (int64, (batch,)): Bernoulli logits, (batch, input_dim),
+        or Gaussian mean and log-variance side by side, (batch, 2 * input_dim)."""
         return self.decoder_out(F.softplus(self.decoder_z(z) + self.decoder_y[y]))
 
     # -- bounds ----------------------------------------------------------------------------------
@@ -164,16 +170,25 @@ class M2(nn.Module):
             (first[:n_u * k].unflatten(0, (n_u, k)) + self.decoder_y).flatten(0, 1),
             first[n_u * k:] + self.decoder_y[labelled_y],
         ])
-        logits = at_least_float32(self.decoder_out(F.softplus(pre)))
-        # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
-        unlabelled_logits = logits[:n_u * k].unflatten(0, (n_u, k))
-        log_px = torch.cat([
-            (unlabelled_x.unsqueeze(1) * unlabelled_logits).sum(-1).flatten(),
-            (labelled_x * logits[n_u * k:]).sum(-1),
-        ]) - F.softplus(logits).sum(-1)
+        out = at_least_float32(self.decoder_out(F.softplus(pre)))
+        log_px = self._log_likelihood(unlabelled_x, labelled_x, out)
         kl_z = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
         negative = -(log_px - math.log(k) - kl_z)  # log p(y) = -log K
         return negative[n_u * k:], negative[:n_u * k].view(n_u, k)
+
+    def _log_likelihood(self, unlabelled_x: Tensor, labelled_x: Tensor, out: Tensor) -> Tensor:
+        """log p(x|y,z) of every row laid out by :meth:`bounds`, from the decoder's output ``out``."""
+        n_u, k = unlabelled_x.shape[0], self.config.num_classes
+        if self.config.likelihood == "bernoulli":
+            # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
+            observed = torch.cat([
+                (unlabelled_x.unsqueeze(1) * out[:n_u * k].unflatten(0, (n_u, k))).sum(-1).flatten(),
+                (labelled_x * out[n_u * k:]).sum(-1),
+            ])
+            return observed - F.softplus(out).sum(-1)
+        x = torch.cat([unlabelled_x.unsqueeze(1).expand(n_u, k, -1).flatten(0, 1), labelled_x])
+        mean, logvar = out.chunk(2, dim=-1)
+        return -0.5 * ((x - mean).square() * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
 
     def labelled_bound(self, x: Tensor, y: Tensor) -> Tensor:
         """L(x,y) per image, shape (batch,), for known classes ``y`` (int64, (batch,))."""

@@ -1,0 +1,117 @@
+"""M1: the latent-feature model of Kingma et al. (2014), a variational autoencoder.
+
+Generative story, for one image x with latent features z::
+
+    p(z)     = Normal(0, I)                          # the features: no label involved
+    p(x|z)   = Bernoulli(sigmoid(decoder(z)))        # the image, pixel by pixel
+
+Inference network::
+
+    q(z|x)   = Normal(mu(x), diag exp(logvar(x)))    # log-variance left unconstrained
+
+Bound, per image, in nats (the negative evidence lower bound, so lower is better)::
+
+    -ELBO(x) = -E_q(z|x)[log p(x|z)] + KL(q(z|x) || p(z))
+
+M1 learns from every training image and ignores the labels. It is used two ways: with a 2-D z to
+draw the latent space coloured by class, and with z of 50 as a feature extractor, whose q-means
+feed a classifier (M1+SVM) or M2 (M1+M2, see :mod:`ssvae.models.m1m2`). The paper's encoder and
+decoder have two hidden layers of 500-600 softplus units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import SsvaeError
+from .m2 import at_least_float32
+
+
+@dataclass(frozen=True)
+class M1Config:
+    """Architecture of M1. Defaults are the paper's text: two hidden layers of 600 softplus units, z of 50."""
+
+    input_dim: int = 784
+    latent_dim: int = 50
+    hidden_dims: tuple[int, ...] = (600, 600)
+    num_classes: int = 10  # unused by the model; kept so every family is built from the same data facts
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))  # a JSON round trip gives a list
+
+    def validate(self) -> None:
+        if self.input_dim < 1 or self.latent_dim < 1:
+            raise SsvaeError(f"M1: input_dim and latent_dim must be positive, got {self.input_dim}, {self.latent_dim}")
+        if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
+            raise SsvaeError(f"M1: hidden_dims must be one or more positive sizes, got {list(self.hidden_dims)}")
+
+
+@dataclass
+class M1Terms:
+    """What one training step computed; scalar tensors on the model's device."""
+
+    loss: Tensor  # mean -ELBO over the batch, nats
+    reconstruction: Tensor  # mean -E_q[log p(x|z)]
+    kl: Tensor  # mean KL(q(z|x) || p(z))
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers of the given sizes with softplus between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.Softplus())
+    return nn.Sequential(*layers)
+
+
+class M1(nn.Module):
+    """A VAE with Gaussian q(z|x) and Bernoulli p(x|z); inputs are pixels in [0, 1], shape (batch, input_dim)."""
+
+    def __init__(self, config: M1Config = M1Config()):
+        super().__init__()
+        config.validate()
+        self.config = config
+        hidden = list(config.hidden_dims)
+        self.encoder = mlp([config.input_dim, *hidden, 2 * config.latent_dim])  # -> (mu, logvar)
+        self.decoder = mlp([config.latent_dim, *reversed(hidden), config.input_dim])  # -> Bernoulli logits
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z|x), each (batch, latent_dim)."""
+        mu, logvar = at_least_float32(self.encoder(x)).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Bernoulli logits of p(x|z), shape (batch, input_dim)."""
+        return self.decoder(z)
+
+    def sample_latent(self, x: Tensor) -> Tensor:
+        """One reparameterised draw of z ~ q(z|x)."""
+        mu, logvar = self.encode(x)
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per image: -E_q[log p(x|z)] (one sample of z) and the analytic KL, each (batch,)."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        logits = at_least_float32(self.decode(z))
+        # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
+        log_px = (x * logits).sum(-1) - F.softplus(logits).sum(-1)
+        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
+        return -log_px, kl
+
+    def negative_elbo(self, x: Tensor) -> Tensor:
+        """-ELBO(x) per image, shape (batch,), nats."""
+        reconstruction, kl = self.terms(x)
+        return reconstruction + kl
+
+    def loss(self, batch) -> M1Terms:
+        """Mean -ELBO over every image of a batch; labels, if any, are not used."""
+        x = torch.cat([batch.unlabelled_x, batch.labelled_x])
+        reconstruction, kl = self.terms(x)
+        return M1Terms(loss=(reconstruction + kl).mean(), reconstruction=reconstruction.mean().detach(),
+                       kl=kl.mean().detach())

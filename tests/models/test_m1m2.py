@@ -1,0 +1,65 @@
+"""M1+M2: M2 on the active latent features of a frozen M1."""
+
+import pytest
+import torch
+
+from ssvae.data.batches import Batch
+from ssvae.errors import SsvaeError
+from ssvae.models.m1 import M1, M1Config
+from ssvae.models.m1m2 import M1M2, M1M2Config, active_dimensions
+from ssvae.models.m2 import M2Config
+
+
+@pytest.fixture
+def stacked():
+    torch.manual_seed(0)
+    m1 = M1Config(input_dim=16, latent_dim=6, hidden_dims=(10,))
+    m2 = M2Config(input_dim=3, num_classes=4, latent_dim=2, hidden_dim=8, classifier_hidden_dim=5, likelihood="gaussian")
+    return M1M2(M1M2Config(m1=m1, m2=m2, active_dims=(0, 2, 5)))
+
+
+def test_active_dimensions_are_those_whose_q_means_vary_over_the_data():
+    torch.manual_seed(0)
+    m1 = M1(M1Config(input_dim=16, latent_dim=6, hidden_dims=(10,)))
+    last = m1.encoder[-1]
+    with torch.no_grad():  # the means of dimensions 1 and 4 no longer depend on x
+        last.weight[[1, 4]] = 0.0
+        last.weight[0] *= 50
+    images = torch.rand(200, 16)
+    assert active_dimensions(m1, images, threshold=0.0) == [0, 2, 3, 5]
+    assert 0 in active_dimensions(m1, images, threshold=0.5)
+
+
+def test_classification_uses_the_q_mean_of_z1_and_is_deterministic(stacked):
+    x = torch.rand(7, 16)
+    logits = stacked.classify(x)
+    assert logits.shape == (7, 4)
+    mean = stacked.m1.encode(x)[0][:, [0, 2, 5]]
+    torch.testing.assert_close(logits, stacked.m2.classify(mean))
+    torch.testing.assert_close(stacked.classify(x), logits)  # no sampling at test time
+
+
+def test_training_draws_z1_afresh_and_only_m2_learns(stacked):
+    x = torch.rand(6, 16)
+    batch = Batch(labelled_x=x[:2], labelled_y=torch.tensor([1, 3]), unlabelled_x=x[2:], labelled_share=0.1)
+    first, second = stacked.loss(batch), stacked.loss(batch)
+    assert not torch.equal(first.loss, second.loss)  # z1 (and z2) resampled every step
+    first.loss.backward()
+    assert all(p.grad is None for p in stacked.m1.parameters())
+    assert all(p.grad is not None for p in stacked.m2.parameters())
+    stacked.train()
+    assert not stacked.m1.training  # frozen, whatever the mode of the whole
+
+
+def test_a_stacked_config_without_active_dimensions_is_refused():
+    m2 = M2Config(input_dim=3, likelihood="gaussian")
+    with pytest.raises(SsvaeError, match="active"):
+        M1M2(M1M2Config(m2=m2, active_dims=()))
+
+
+def test_the_config_survives_a_json_round_trip(stacked):
+    import json
+    from dataclasses import asdict
+
+    back = M1M2Config(**json.loads(json.dumps(asdict(stacked.config))))
+    assert back == stacked.config
