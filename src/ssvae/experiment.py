@@ -149,7 +149,7 @@ class Stage:
         budget = minutes if minutes is not None else float("inf")
         use_compile = c.compile == "on" or (c.compile == "auto" and compile_ok and budget >= 3)
         return TrainerSettings(
-            epochs=c.epochs, minutes=minutes, learning_rate=c.learning_rate, device=self.device, bf16=use_bf16,
+            epochs=c.epochs, minutes=minutes, learning_rate=c.lr, device=self.device, bf16=use_bf16,
             compile=use_compile, progress=self.progress, selection_metric=selection_metric,
             checkpoint_minutes=c.checkpoint_minutes, checkpoint_each_epoch=c.checkpoint_each_epoch,
         )
@@ -232,10 +232,11 @@ class Stage:
                 m1_budget = c.minutes * c.m1_share if c.minutes is not None else None
                 self.log(f"stage 1: M1 in {m1_dir}" + (f", {m1_budget:.1f} minutes" if m1_budget else ""))
                 m1_config = TrainConfig(**{**asdict(c), "model": "m1", "minutes": m1_budget, "m1_run": None,
-                                           "model_options": {}})
+                                           "learning_rate": None, "model_options": {}})
                 save_config(m1_dir / "config.json", m1_config, model_config.m1)
                 atomic_write_text(m1_dir / "labelled_indices.json", "[]\n")
-                m1_result = self.train_m1(m1_dir, model_config.m1, m1_budget)
+                m1_result = Stage(m1_config, self.data, self.labelled, self.device, self.progress, self.log,
+                                  self.resume).train_m1(m1_dir, model_config.m1, m1_budget)
                 atomic_write_json(m1_dir / "result.json", m1_result)
                 m1_minutes = m1_result["minutes"]
             m1 = load_m1(m1_dir, self.device)
