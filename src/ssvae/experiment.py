@@ -143,11 +143,11 @@ class Stage:
         self.config, self.data, self.labelled, self.device = config, data, labelled, device
         self.progress, self.log, self.resume = progress, log, resume
 
-    def settings(self, minutes: float | None, selection_metric: str, compile_ok: bool = True) -> TrainerSettings:
+    def settings(self, minutes: float | None, selection_metric: str) -> TrainerSettings:
         c = self.config
         use_bf16 = c.bf16 == "on" or (c.bf16 == "auto" and bf16_supported(self.device))
         budget = minutes if minutes is not None else float("inf")
-        use_compile = c.compile == "on" or (c.compile == "auto" and compile_ok and budget >= 3)
+        use_compile = c.compile == "on" or (c.compile == "auto" and budget >= 3)
         return TrainerSettings(
             epochs=c.epochs, minutes=minutes, learning_rate=c.lr, device=self.device, bf16=use_bf16,
             compile=use_compile, progress=self.progress, selection_metric=selection_metric,
@@ -198,11 +198,10 @@ class Stage:
         result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, skipped_steps=trainer.skipped_steps)
         return result
 
-    def train_m1(self, run_dir: Path, model_config, minutes: float | None = None) -> dict:
+    def train_m1(self, run_dir: Path, model_config) -> dict:
         """M1 on every training image, labels unused: best weights chosen on the validation ELBO."""
         from .models.m1 import M1
 
-        minutes = self.config.minutes if minutes is None else minutes
         seed_everything(self.config.seed)
         model = M1(model_config)
         data, device, binarize = self.data, self.device, self.config.binarize
@@ -210,7 +209,8 @@ class Stage:
         def validate(m):
             return {"val_elbo": -mean_negative_elbo(m, data.val_images, device, binarize)}
 
-        trainer, fit = self.fit(model, self.batches(0), validate, run_dir, self.settings(minutes, "val_elbo"))
+        trainer, fit = self.fit(model, self.batches(0), validate, run_dir,
+                                self.settings(self.config.minutes, "val_elbo"))
         result = evaluate_model(run_dir, model, data, device, binarize=binarize)
         result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, skipped_steps=trainer.skipped_steps)
         return result
@@ -236,7 +236,7 @@ class Stage:
                 save_config(m1_dir / "config.json", m1_config, model_config.m1)
                 atomic_write_text(m1_dir / "labelled_indices.json", "[]\n")
                 m1_result = Stage(m1_config, self.data, self.labelled, self.device, self.progress, self.log,
-                                  self.resume).train_m1(m1_dir, model_config.m1, m1_budget)
+                                  self.resume).train_m1(m1_dir, model_config.m1)
                 atomic_write_json(m1_dir / "result.json", m1_result)
                 m1_minutes = m1_result["minutes"]
             m1 = load_m1(m1_dir, self.device)

@@ -109,6 +109,7 @@ class Trainer:
         self.skipped_steps = 0  # non-finite steps over the whole run
         self.bad_in_a_row = 0
         self.elapsed_seconds = 0.0  # training time of earlier sessions of this run
+        self._session_start: float | None = None  # when fit() began in this process
         self.history: list[dict] = []
         self.best_value, self.best_epoch, self.best_metrics = -math.inf, 0, {}
         self._stop_signal: str | None = None
@@ -167,6 +168,9 @@ class Trainer:
     # -- the budget ------------------------------------------------------------------------------
 
     def _elapsed(self) -> float:
+        """Seconds of training in this run, earlier sessions included."""
+        if self._session_start is None:
+            return self.elapsed_seconds
         return self.elapsed_seconds + time.perf_counter() - self._session_start
 
     def _progress(self) -> float:
@@ -194,9 +198,7 @@ class Trainer:
 
     def finished(self) -> bool:
         """Whether the run has used its whole budget (so that fit() would return at once)."""
-        s = self.settings
-        return (s.epochs is not None and self.epochs_done >= s.epochs) or \
-            (s.minutes is not None and self.elapsed_seconds / 60 >= s.minutes)
+        return not self._budget_left()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -343,7 +345,7 @@ class Trainer:
             "good_steps_in_epoch": self.good_steps_in_epoch,
             "skipped_steps": self.skipped_steps,
             "bad_in_a_row": self.bad_in_a_row,
-            "elapsed_seconds": self._elapsed() if hasattr(self, "_session_start") else self.elapsed_seconds,
+            "elapsed_seconds": self._elapsed(),
             "history": self.history,
             "best": {"value": self.best_value, "epoch": self.best_epoch, "metrics": self.best_metrics},
             "rng": {
