@@ -28,10 +28,12 @@ def test_m1_trains_without_labels_and_reports_its_bound(m1_run, capsys):
 
 def test_m1m2_trains_both_stages_in_one_run_directory(tmp_path, mnist):
     run = tmp_path / "m1m2"
-    assert main(["train", "--model", "m1m2", "--labelled-batch", "10", "--active-threshold", "0.01", *SMALL,
-                 "--out", str(run)]) == 0
+    assert main(["train", "--model", "m1m2", "--labelled-batch", "10", "--active-threshold", "0.01",
+                 "--kl-warmup", "5", *SMALL, "--out", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["model"] == "m1m2"
+    assert config["model"]["m1"]["kl_warmup_steps"] == 5  # an M1 option reaches the first stage
+    assert (config["model"]["m2"]["latent_dim"], config["model"]["m2"]["alpha"]) == (10, 1.0)  # stacked defaults
     active = config["model"]["active_dims"]
     assert active and config["model"]["m2"]["input_dim"] == len(active)
     assert json.loads((run / "m1" / "config.json").read_text())["train"]["model"] == "m1"
@@ -48,6 +50,11 @@ def test_m1m2_reuses_a_trained_m1(m1_run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--json"]) == 0
     saved = json.loads((run / "result.json").read_text())
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(saved["test_accuracy"])
+
+
+def test_kl_warm_up_is_refused_for_a_model_without_m1(tmp_path, capsys, mnist):
+    assert main(["train", "--model", "m2", "--kl-warmup", "100", *SMALL, "--out", str(tmp_path / "x")]) == 2
+    assert "--kl-warmup" in capsys.readouterr().err
 
 
 def test_reusing_a_run_that_is_not_m1_is_refused(tmp_path, capsys, mnist):

@@ -75,10 +75,15 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: 4e-3 for m2 and m1m2, 1e-3 for m1 and M1+M2's M1 stage)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 3)")
-    p.add_argument("--latent-dim", type=int, default=None, help="size of z (model default: 50)")
+                   help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 3 for "
+                   "m2, 1 for m1m2)")
+    p.add_argument("--latent-dim", type=int, default=None,
+                   help="size of z; for m1m2, of M2's z2 (model default: 50; 10 for m1m2)")
     p.add_argument("--hidden-dim", type=int, default=None,
                    help="hidden units of encoder and decoder (model default: 500 for M2, 600 for M1)")
+    p.add_argument("--kl-warmup", type=int, default=None, metavar="STEPS",
+                   help="M1 (alone or as M1+M2's first stage): steps over which the KL term's weight rises "
+                   "from 0 to 1 (model default: 10000; 0 for none)")
     p.add_argument("--binarize", action="store_true",
                    help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
                    "binarisation) instead of using its grey level")
@@ -101,6 +106,11 @@ def _config_from_args(args, model: str, labels: int, seed: int):
     from .config import TrainConfig
 
     options = {"alpha": args.alpha, "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim}
+    if args.kl_warmup is not None:  # an M1 option: M1+M2 passes it to its first stage
+        if model not in ("m1", "m1m2"):
+            raise SsvaeError(f"--kl-warmup is an option of M1 (--model m1 or m1m2), not of {model}")
+        options.update({"m1": {"kl_warmup_steps": args.kl_warmup}} if model == "m1m2" else
+                       {"kl_warmup_steps": args.kl_warmup})
     minutes = args.minutes if args.minutes is not None or args.epochs is not None else TrainConfig().minutes
     config = TrainConfig(
         model=model, data=args.data, labels=labels, seed=seed, epochs=args.epochs,

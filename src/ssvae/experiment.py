@@ -109,7 +109,7 @@ def initial_model_config(config: TrainConfig, data):
     """The model's config from the run's options and the data's shape. For M1+M2 the active
     dimensions of z1 are not known until M1 is trained; they are filled in then."""
     from .models.m1 import M1Config
-    from .models.m1m2 import M1M2Config
+    from .models.m1m2 import STACKED_M2_DEFAULTS, M1M2Config
     from .models.m2 import M2Config
 
     facts = {"input_dim": data.train_images.shape[1], "num_classes": data.num_classes}
@@ -123,8 +123,8 @@ def initial_model_config(config: TrainConfig, data):
             model_config = M2Config(**facts, **options)
         else:
             m1_config = M1Config(**facts, **options.pop("m1", {}))
-            m2_config = M2Config(input_dim=m1_config.latent_dim, num_classes=data.num_classes, likelihood="gaussian",
-                                 **options)
+            m2_config = M2Config(**{**STACKED_M2_DEFAULTS, "input_dim": m1_config.latent_dim,
+                                    "num_classes": data.num_classes, **options})
             model_config = M1M2Config(m1=m1_config, m2=m2_config)
             m1_config.validate()
             m2_config.validate()

@@ -3,7 +3,8 @@
 It needs a model whose ``loss(batch)`` returns a dataclass with a ``loss`` field (to minimise) and
 any other scalar terms (to log), an iterable of batches whose length is one epoch (and, for the
 images/s figure, an ``images_per_step`` attribute), and a
-``validate(model) -> dict`` whose ``selection_metric`` picks the best checkpoint. Validation runs
+``validate(model) -> dict`` whose ``selection_metric`` picks the best checkpoint. A model with an
+``at_step(step)`` method is told the step count before every step, for schedules of its own. Validation runs
 on the validation split only: the test split never influences which weights are kept.
 
 Nothing is lost when a run is killed. ``last.pt`` holds everything the run depends on: weights,
@@ -217,6 +218,8 @@ class Trainer:
                            disable=not s.progress, mininterval=1.0, dynamic_ncols=True)
                 for batch in self._rest_of_epoch():
                     self._set_learning_rate()
+                    if hasattr(self.model, "at_step"):  # a model's own schedule, e.g. M1's KL warm-up
+                        self.model.at_step(self.steps)
                     terms = self.step(batch)
                     if terms is not None:
                         # Accumulate on the device: no host sync inside the epoch but the progress bar's.

@@ -67,3 +67,29 @@ def test_hidden_layers_and_latent_size_are_configurable():
     assert [m.out_features for m in linear] == [500, 400, 300, 4]
     assert model.decode(torch.zeros(1, 2)).shape == (1, 784)
     assert model.config.hidden_dims == (500, 400, 300)
+
+
+def test_kl_warm_up_weights_the_kl_from_zero_to_one_and_then_trains_the_full_bound():
+    torch.manual_seed(0)
+    model = M1(M1Config(input_dim=12, latent_dim=3, hidden_dims=(9,), kl_warmup_steps=4)).double()
+    x = torch.rand(6, 12, dtype=torch.float64)
+    batch = Batch(labelled_x=x[:0], labelled_y=torch.zeros(0, dtype=torch.long), unlabelled_x=x, labelled_share=0.0)
+    for step, weight in [(0, 0.0), (1, 0.25), (2, 0.5), (4, 1.0), (40, 1.0)]:
+        model.at_step(step)
+        terms = model.loss(batch)
+        torch.testing.assert_close(terms.loss, terms.reconstruction + weight * terms.kl)
+    # The weight is not part of the saved weights: a loaded model is evaluated on the true bound.
+    assert "kl_weight" not in model.state_dict()
+
+
+def test_the_trainer_tells_the_model_its_step(tmp_path):
+    from ssvae.trainer import Trainer, TrainerSettings
+
+    torch.manual_seed(0)
+    model = M1(M1Config(input_dim=12, latent_dim=3, hidden_dims=(9,), kl_warmup_steps=10))
+    x = torch.rand(6, 12)
+    batch = Batch(labelled_x=x[:0], labelled_y=torch.zeros(0, dtype=torch.long), unlabelled_x=x, labelled_share=0.0)
+    settings = TrainerSettings(epochs=1, minutes=None, learning_rate=1e-3, device=torch.device("cpu"), bf16=False,
+                               compile=False, progress=False, selection_metric="score", checkpoint_each_epoch=False)
+    Trainer(model, [batch] * 5, lambda m: {"score": 0.0}, tmp_path, settings).fit()
+    assert model.kl_weight.item() == pytest.approx(0.4)  # the last of steps 0..4 saw 4/10

@@ -33,12 +33,20 @@ from .m1 import M1, M1Config
 from .m2 import M2, M2Config, M2Terms
 
 
+# M2's settings on M1's features where they differ from M2 on pixels. The features are a handful of
+# informative dimensions (15 or so), so a z2 of 50 lets the encoder carry the class in z2 and the
+# generative model need not use y: z2 of 10 reached 0.956 validation accuracy in 4 minutes where 50
+# reached 0.949 in 5. Their bound is also smaller than a pixel bound (about 38 nats against 100),
+# so the cross-entropy needs less weight: alpha 1 reached 0.960 where 3 reached 0.956.
+STACKED_M2_DEFAULTS = {"latent_dim": 10, "alpha": 1.0, "likelihood": "gaussian"}
+
+
 @dataclass(frozen=True)
 class M1M2Config:
     """Both stages' architectures, and which of M1's latent dimensions M2 sees."""
 
     m1: M1Config = field(default_factory=M1Config)
-    m2: M2Config = field(default_factory=lambda: M2Config(hidden_dim=500, likelihood="gaussian"))
+    m2: M2Config = field(default_factory=lambda: M2Config(**STACKED_M2_DEFAULTS))
     # Indices of the active z1 dimensions, fixed once M1 is trained (see active_dimensions).
     active_dims: tuple[int, ...] = ()
 
