@@ -7,6 +7,10 @@ accuracy, and the test accuracy of the weights kept on validation; then the mean
 deviation over seeds. For M1+M2 the minutes include the M1 stage.
 
     python benchmarks/time_to_accuracy.py [--model m2|m1m2] [--seeds 0 1 2 3 4] [--minutes 10] [--labels 100]
+                                          [--jobs 2]
+
+With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
+machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
 
 Prints a table and writes benchmarks/results/time_to_accuracy[_m1m2].json (with each run's curve of
 validation accuracy against minutes). Runs go under benchmarks/results/runs/.
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,7 +41,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="budget per run (M2: 10, M1+M2: 20)")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to time")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at the same time")
+    parser.add_argument("--m1-share", type=float, default=TrainConfig().m1_share,
+                        help="M1+M2: share of the minutes spent on M1")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     stacked = args.model == "m1m2"
@@ -44,34 +53,28 @@ def main() -> None:
     args.out = args.out or RESULTS / ("time_to_accuracy_m1m2.json" if stacked else "time_to_accuracy.json")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    rows = []
-    for seed in args.seeds:
-        config = TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
-                             threads=args.threads)
-        run_dir = RESULTS / "runs" / f"{args.model}-{args.labels}labels-seed{seed}"
-        result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
-        offset = result.get("m1_minutes", 0.0)  # M1+M2: the classifier's clock starts after M1
-        curve = [{**r, "minutes": r["minutes"] + offset}
-                 for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
-        reached = next((r["minutes"] for r in curve if r["val_accuracy"] >= args.target), None)
-        rows.append({
-            "seed": seed, "minutes_to_target": reached, "best_val_accuracy": result["val_accuracy"],
-            "test_accuracy": result["test_accuracy"], "epochs": result["epochs"], "minutes": result["minutes"],
-            "m1_minutes": result.get("m1_minutes"), "active_dims": result.get("active_dims"),
-            "curve": [(round(r["minutes"], 3), r["val_accuracy"]) for r in curve],
-        })
-        print(f"seed {seed}: test {result['test_accuracy']:.4f}, best validation {result['val_accuracy']:.4f}, "
-              f"validation {args.target:.2f} after {'%.1f min' % reached if reached else 'never'}", flush=True)
-        # Written after every seed, so that an interrupted benchmark keeps the seeds it finished.
-        tests = [r["test_accuracy"] for r in rows]
-        summary = {
-            "model": args.model, "labels": args.labels, "minutes_budget": args.minutes, "target": args.target,
-            "config": asdict(config), "load_average_before": load, "runs": rows,
-            "test_accuracy_mean": statistics.mean(tests),
-            "test_accuracy_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, summary)
+    if args.threads is None and args.jobs > 1:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
+                           threads=args.threads, m1_share=args.m1_share) for seed in args.seeds]
+    config, rows = configs[0], []
+    # Each run in a fresh process: its own torch threads, and nothing shared between seeds.
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for row in pool.map(run_one, configs, [args.target] * len(configs)):
+            rows.append(row)
+            seed, reached = row["seed"], row["minutes_to_target"]
+            print(f"seed {seed}: test {row['test_accuracy']:.4f}, best validation {row['best_val_accuracy']:.4f}, "
+                  f"validation {args.target:.2f} after {'%.1f min' % reached if reached else 'never'}", flush=True)
+            # Written after every seed, so that an interrupted benchmark keeps the seeds it finished.
+            tests = [r["test_accuracy"] for r in rows]
+            summary = {
+                "model": args.model, "labels": args.labels, "minutes_budget": args.minutes, "target": args.target,
+                "jobs": args.jobs, "config": asdict(config), "load_average_before": load, "runs": rows,
+                "test_accuracy_mean": statistics.mean(tests),
+                "test_accuracy_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(args.out, summary)
     print()
     print(f"| seed | minutes to val {args.target:.2f} | best val | test |")
     print("|---|---|---|---|")
@@ -81,6 +84,22 @@ def main() -> None:
     print(f"\ntest accuracy {summary['test_accuracy_mean']:.4f} ± {summary['test_accuracy_std']:.4f} "
           f"over {len(rows)} label draws, {args.minutes:g} minutes each (load average before {load:.2f})")
     print(f"wrote {args.out}")
+
+
+def run_one(config: TrainConfig, target: float) -> dict:
+    """Train one seed and return its row: the result and the curve of validation accuracy."""
+    run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels-seed{config.seed}"
+    result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
+    offset = result.get("m1_minutes", 0.0)  # M1+M2: the classifier's clock starts after M1
+    curve = [{**r, "minutes": r["minutes"] + offset}
+             for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    reached = next((r["minutes"] for r in curve if r["val_accuracy"] >= target), None)
+    return {
+        "seed": config.seed, "minutes_to_target": reached, "best_val_accuracy": result["val_accuracy"],
+        "test_accuracy": result["test_accuracy"], "epochs": result["epochs"], "minutes": result["minutes"],
+        "m1_minutes": result.get("m1_minutes"), "active_dims": result.get("active_dims"),
+        "curve": [(round(r["minutes"], 3), r["val_accuracy"]) for r in curve],
+    }
 
 
 if __name__ == "__main__":
