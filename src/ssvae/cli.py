@@ -91,6 +91,22 @@ def _add_how_to_train(p) -> None:
                    help="bf16 autocast; auto uses it where the hardware has native bf16")
     p.add_argument("--compile", choices=("auto", "on", "off"), default=d.compile,
                    help="torch.compile the loss; auto compiles runs of 3 minutes or more")
+    p.add_argument("--likelihood", choices=("auto", "bernoulli", "gaussian"), default=d.likelihood,
+                   help="M2's p(x|y,z): auto is Bernoulli for near-binary images (MNIST, scans of ink) and a "
+                   "Gaussian with learned variance for photographs")
+    folder = p.add_argument_group("your own images (--data FOLDER)")
+    folder.add_argument("--label-pattern", default=d.label_pattern,
+                        help="regular expression with a group (?P<label>...) matched against each file name "
+                        "without its extension; files that do not match are unlabelled")
+    folder.add_argument("--channels", type=int, choices=(1, 3), default=d.channels, help="1: grey, 3: colour")
+    folder.add_argument("--image-size", type=_image_size, default=None, metavar="WxH",
+                        help="resize every image to this size, e.g. 28x28 (default: the folder's most common size)")
+    folder.add_argument("--skip-bad", action="store_true",
+                        help="leave out images that cannot be read (and list them) instead of stopping")
+    folder.add_argument("--val", dest="val_data", default=None, metavar="FOLDER",
+                        help="labelled images for validation (default: a stratified tenth of the labelled files)")
+    folder.add_argument("--test", dest="test_data", default=None, metavar="FOLDER",
+                        help="labelled images for test (default: another stratified tenth)")
     stacked = p.add_argument_group("M1+M2 (--model m1m2)")
     stacked.add_argument("--m1", dest="m1_run", default=None, metavar="RUN",
                          help="reuse the M1 trained by run RUN instead of training one first")
@@ -99,6 +115,18 @@ def _add_how_to_train(p) -> None:
     stacked.add_argument("--active-threshold", type=float, default=d.active_threshold,
                          help="keep the dimensions of M1's z whose q-means have at least this standard deviation")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """'28x28' or '28' -> (width, height)."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (0, 0)
+    except ValueError:
+        width = height = 0
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT in pixels, e.g. 28x28")
+    return width, height
 
 
 def _config_from_args(args, model: str, labels: int, seed: int):
@@ -121,6 +149,8 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         checkpoint_each_epoch=not args.no_epoch_checkpoints, m1_run=args.m1_run, m1_share=args.m1_share,
         active_threshold=args.active_threshold,
         model_options={k: v for k, v in options.items() if v is not None},
+        likelihood=args.likelihood, label_pattern=args.label_pattern, channels=args.channels,
+        image_size=args.image_size, skip_bad=args.skip_bad, val_data=args.val_data, test_data=args.test_data,
     )
     config.validate()
     return config
@@ -179,6 +209,11 @@ def _sweep(args) -> int:
         raise SsvaeError("--model m1 has no classifier to sweep; sweep m2 or m1m2")
     if args.seeds < 1:
         raise SsvaeError(f"--seeds {args.seeds}: must be at least 1")
+    from .experiment import is_image_folder
+
+    if is_image_folder(args.data):
+        raise SsvaeError(f"--data {args.data}: a sweep draws N labels from a fully labelled data set such as "
+                         f"mnist; a folder's labels are fixed by its file names, so train it with `ssvae train`")
     configs = [_config_from_args(args, args.model, labels, seed) for labels in args.labels for seed in range(args.seeds)]
     out = args.out or Path("runs") / f"sweep-{args.model}"
     table = run_sweep(configs, out, progress=not args.quiet)
@@ -229,6 +264,46 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict", formatter_class=HelpWithDefaults,
+        help="class probabilities for new images from a trained run",
+        description="Classify image files (or every image in folders) with a run's best weights, reading them "
+        "as its training images were read (grey or colour, resized). Prints a summary; --out writes a CSV "
+        "with columns path, predicted and one probability per class.",
+    )
+    p.add_argument("run", type=Path, help="run directory written by `ssvae train` (m2 or m1m2)")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", type=Path, default=None, help="CSV file to write")
+    p.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be read, and list them")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args) -> int:
+    from collections import Counter
+
+    from .predict import predict
+
+    predictions = predict(args.run, args.images, device=args.device, skip_bad=args.skip_bad)
+    counts = Counter(predictions.predicted)
+    print(f"{len(predictions.paths)} images: " + ", ".join(f"{counts[name]} {name}"
+                                                          for name in predictions.class_names if counts[name]))
+    accuracy = predictions.accuracy()
+    if accuracy is not None:
+        labelled = sum(t is not None for t in predictions.true_labels)
+        print(f"accuracy on the {labelled} images whose names carry a label: {accuracy:.4f}")
+    if args.out is not None:
+        predictions.to_csv(args.out)
+        print(f"wrote {args.out}")
+    else:
+        for path, name, probs in list(zip(predictions.paths, predictions.predicted, predictions.probabilities))[:10]:
+            print(f"  {path}: {name} ({probs.max():.3f})")
+        if len(predictions.paths) > 10:
+            print(f"  ... and {len(predictions.paths) - 10} more (--out FILE writes them all)")
+    return 0
+
+
 def _add_baseline(sub) -> None:
     p = sub.add_parser(
         "baseline", help="classifiers that see only the labels: pixels + SVM, M1 + SVM",
@@ -256,6 +331,9 @@ def _baseline(args) -> int:
 
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
     data = load_data(args.data, log=log)
+    if getattr(data, "labels_from_files", False):
+        raise SsvaeError(f"--data {args.data}: the baselines draw N labels from a fully labelled data set such as "
+                         f"mnist; a folder's labels are fixed by its file names")
     if args.labels < data.num_classes or args.labels % data.num_classes:
         raise SsvaeError(f"--labels {args.labels}: must be a positive multiple of the {data.num_classes} classes")
     results = run_baselines(data, args.labels, args.seed, args.m1, resolve_device(args.device))
@@ -301,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sweep(sub)
     _add_evaluate(sub)
+    _add_predict(sub)
     _add_baseline(sub)
     _add_data(sub)
     return parser

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .checkpoint import atomic_write_json
+from .data.folder import DEFAULT_LABEL_PATTERN, FolderOptions
 from .errors import SsvaeError
 from .models import REGISTRY
 
@@ -53,6 +54,25 @@ class TrainConfig:
     m1_share: float = 0.5
     active_threshold: float = 0.1
     model_options: dict = field(default_factory=dict)  # overrides of the model's config (alpha, sizes)
+    # p(x|...) of M2: "auto" takes what the data suggests (Bernoulli for near-binary images such as
+    # MNIST, a Gaussian with learned variance for photographs), or "bernoulli" / "gaussian".
+    likelihood: str = "auto"
+    # A folder of the user's own images (--data DIR): how its files are read and split. Labels come
+    # from the file names that match label_pattern (a regular expression with a group "label").
+    label_pattern: str = DEFAULT_LABEL_PATTERN
+    channels: int = 1
+    image_size: tuple[int, int] | None = None  # (width, height); None: the folder's most common size
+    skip_bad: bool = False  # leave out unusable files (and say so) instead of stopping
+    val_data: str | None = None  # folders of labelled images for validation and test; by default a
+    test_data: str | None = None  # stratified tenth of the labelled files each
+
+    def __post_init__(self):
+        if self.image_size is not None:  # a JSON round trip gives a list
+            self.image_size = tuple(self.image_size)
+
+    def folder_options(self):
+        """How an image folder is read, as :class:`~ssvae.data.folder.FolderOptions`."""
+        return FolderOptions(self.label_pattern, self.channels, self.image_size, self.skip_bad)
 
     @property
     def lr(self) -> float:
@@ -86,13 +106,27 @@ class TrainConfig:
             raise SsvaeError(f"--checkpoint-minutes {self.checkpoint_minutes}: must be positive")
         if self.threads is not None and self.threads < 1:
             raise SsvaeError(f"--threads {self.threads}: must be at least 1")
+        if self.likelihood not in ("auto", "bernoulli", "gaussian"):
+            raise SsvaeError(f"--likelihood {self.likelihood}: choose auto, bernoulli or gaussian")
+        self.folder_options().validate()
         for name in ("bf16", "compile"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise SsvaeError(f"--{name} {getattr(self, name)}: choose auto, on or off")
 
 
-def save_config(path: Path, train: TrainConfig, model_config) -> None:
-    atomic_write_json(path, {"format": 1, "train": asdict(train), "model": asdict(model_config)})
+def save_config(path: Path, train: TrainConfig, model_config, data_facts: dict | None = None) -> None:
+    """Write config.json; ``data_facts`` (class names, image shape) let a run read new images alike."""
+    payload = {"format": 1, "train": asdict(train), "model": asdict(model_config)}
+    if data_facts is not None:
+        payload["data"] = data_facts
+    atomic_write_json(path, payload)
+
+
+def load_data_facts(path: Path) -> dict:
+    """The class names and image shape a run was trained on (MNIST's for runs that predate them)."""
+    payload = json.loads(Path(path).read_text())
+    return payload.get("data") or {"class_names": [str(k) for k in range(10)], "image_shape": [28, 28],
+                                   "channels": 1}
 
 
 def load_config(path: Path) -> tuple[TrainConfig, dict]:

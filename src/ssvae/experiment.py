@@ -33,11 +33,35 @@ from .runtime import bf16_supported, resolve_device, seed_everything, set_thread
 from .trainer import Trainer, TrainerSettings
 
 
-def load_data(spec: str, log=print):
-    """The data set named by ``--data``: ``mnist`` (fetched and cached) or a folder with MNIST files."""
+def load_data(spec: str, log=print, config: TrainConfig | None = None):
+    """The data set named by ``--data``: ``mnist`` (fetched and cached), a folder with the MNIST
+    files, or a folder of the user's own images, read as ``config`` says (see :mod:`ssvae.data.folder`)."""
+    from .data.folder import load_folder
     from .data.mnist import load_mnist
 
-    return load_mnist(None if spec == "mnist" else spec, log=log)
+    if not is_image_folder(spec):
+        return load_mnist(None if spec == "mnist" else spec, log=log)
+    folder = Path(spec)
+    config = config or TrainConfig(data=spec)
+    return load_folder(folder, config.folder_options(), val_folder=config.val_data, test_folder=config.test_data,
+                       seed=config.seed, log=log)
+
+
+def is_image_folder(spec: str) -> bool:
+    """Whether ``--data`` names a folder of the user's own images (not mnist, not the MNIST files)."""
+    from .data.mnist import IDX_FILES, PKL_NAME
+
+    folder = Path(spec)
+    if spec == "mnist" or not folder.is_dir():
+        return False
+    return not any((folder / name).is_file() for name in [PKL_NAME, *IDX_FILES, *(f"{n}.gz" for n in IDX_FILES)])
+
+
+def data_facts(data) -> dict:
+    """What a run must remember of its data to read new images alike: class names, shape, channels."""
+    names = getattr(data, "class_names", None) or [str(k) for k in range(data.num_classes)]
+    shape = list(data.image_shape)
+    return {"class_names": list(names), "image_shape": shape, "channels": 3 if len(shape) == 3 else 1}
 
 
 @torch.no_grad()
@@ -82,15 +106,19 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
     config.validate()
     device = resolve_device(config.device)
     threads = set_threads(config.threads) if device.type == "cpu" else None
-    data = load_data(config.data, log=log)
+    data = load_data(config.data, log=log, config=config)
+    from_files = getattr(data, "labels_from_files", False)
     if config.model == "m1":
         labelled = np.zeros(0, dtype=np.int64)  # M1 learns without labels
+    elif from_files and not resume:  # a folder: its file names say which images are labelled
+        labelled = np.flatnonzero(data.train_labels >= 0).astype(np.int64)
+        config.labels = len(labelled)
     elif not resume:
         labelled = balanced_label_split(data.train_labels, config.labels, data.num_classes, config.seed)
     model_config = initial_model_config(config, data)
     if not resume:
         run_dir = prepare_run_dir(run_dir, overwrite)
-        save_config(run_dir / "config.json", config, model_config)
+        save_config(run_dir / "config.json", config, model_config, data_facts(data))
         atomic_write_text(run_dir / "labelled_indices.json", json.dumps(labelled.tolist()) + "\n")
     log(f"training {config.model}{'' if config.model == 'm1' else f' with {config.labels} labels'} "
         f"(seed {config.seed}) on {device}{f' with {threads} threads' if threads else ''}; run directory {run_dir}")
@@ -120,7 +148,8 @@ def initial_model_config(config: TrainConfig, data):
                 options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
             model_config = M1Config(**facts, **options)
         elif config.model == "m2":
-            model_config = M2Config(**facts, **options)
+            likelihood = config.likelihood if config.likelihood != "auto" else getattr(data, "likelihood", "bernoulli")
+            model_config = M2Config(**{**facts, "likelihood": likelihood, **options})
         else:
             m1_config = M1Config(**facts, **options.pop("m1", {}))
             m2_config = M2Config(**{**STACKED_M2_DEFAULTS, "input_dim": m1_config.latent_dim,
@@ -233,7 +262,7 @@ class Stage:
                 self.log(f"stage 1: M1 in {m1_dir}" + (f", {m1_budget:.1f} minutes" if m1_budget else ""))
                 m1_config = TrainConfig(**{**asdict(c), "model": "m1", "minutes": m1_budget, "m1_run": None,
                                            "learning_rate": None, "model_options": {}})
-                save_config(m1_dir / "config.json", m1_config, model_config.m1)
+                save_config(m1_dir / "config.json", m1_config, model_config.m1, data_facts(self.data))
                 atomic_write_text(m1_dir / "labelled_indices.json", "[]\n")
                 m1_result = Stage(m1_config, self.data, self.labelled, self.device, self.progress, self.log,
                                   self.resume).train_m1(m1_dir, model_config.m1)
@@ -244,7 +273,7 @@ class Stage:
         active = active_dimensions(m1, images, c.active_threshold)
         full = M1M2Config(m1=m1.config, m2=replace(model_config.m2, input_dim=len(active)), active_dims=active)
         full.validate()
-        save_config(run_dir / "config.json", c, full)
+        save_config(run_dir / "config.json", c, full, data_facts(self.data))
         self.log(f"stage 2: M2 on {len(active)} active dimensions of M1's z (of {m1.config.latent_dim})")
         model = M1M2(full)
         model.m1.load_state_dict(m1.state_dict())
@@ -348,6 +377,6 @@ def evaluate_run(run_dir: Path, device: str = "auto", data_spec: str | None = No
         raise SsvaeError(f"{run_dir}: no such run directory")
     config, model_config = load_config(run_dir / "config.json")
     dev = resolve_device(device)
-    data = load_data(data_spec or config.data, log=log)
+    data = load_data(data_spec or config.data, log=log, config=config)
     model = build_model(config.model, **model_config)
     return evaluate_model(run_dir, model, data, dev, binarize=config.binarize)

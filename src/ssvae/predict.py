@@ -1,0 +1,123 @@
+"""Class probabilities for new images from a trained run, read exactly as its training images were.
+
+    from ssvae.predict import predict
+    predictions = predict("runs/m2-100labels-seed0", ["photos/", "one.png"])
+    predictions.predicted        # class names, one per image
+    predictions.probabilities    # (images, classes) array, rows sum to 1
+
+``ssvae predict RUN IMAGES... --out preds.csv`` writes the same as CSV: ``path``, ``predicted`` and
+one probability column per class.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write_text, load_checkpoint
+from .config import load_config, load_data_facts
+from .data.batches import to_inputs
+from .data.folder import BadFile, describe_bad_files, label_of, list_images, read_image
+from .errors import SsvaeError
+from .models import build_model
+from .runtime import resolve_device
+
+
+@dataclass
+class Predictions:
+    paths: list[Path]
+    class_names: list[str]
+    probabilities: np.ndarray  # (images, classes)
+    true_labels: list[str | None]  # the class the file name gives, where it gives one
+    skipped: list[BadFile]
+
+    @property
+    def predicted(self) -> list[str]:
+        return [self.class_names[k] for k in self.probabilities.argmax(axis=1)]
+
+    def accuracy(self) -> float | None:
+        """Share of the labelled files predicted as their label; None when no file carries one."""
+        pairs = [(p, t) for p, t in zip(self.predicted, self.true_labels) if t is not None]
+        return sum(p == t for p, t in pairs) / len(pairs) if pairs else None
+
+    def to_csv(self, path: Path) -> None:
+        rows = [["path", "predicted", *self.class_names]]
+        rows += [[str(p), name, *(f"{v:.6f}" for v in probs)]
+                 for p, name, probs in zip(self.paths, self.predicted, self.probabilities)]
+        from io import StringIO
+
+        text = StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        atomic_write_text(Path(path), text.getvalue())
+
+
+def image_files(inputs) -> list[Path]:
+    """Files named directly, and every image under the folders named, in the order given."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += list_images(item)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise SsvaeError(f"{item}: no such file or folder")
+    if not files:
+        raise SsvaeError("no images given: name image files or folders that hold them")
+    return files
+
+
+def load_classifier(run_dir: Path, device: torch.device):
+    """The run's model with its best weights, and the facts of the data it was trained on."""
+    run_dir = Path(run_dir)
+    config, model_config = load_config(run_dir / "config.json")
+    if config.model == "m1":
+        raise SsvaeError(f"{run_dir}: an M1 run has no classifier; predict with an m2 or m1m2 run")
+    model = build_model(config.model, **model_config)
+    best = run_dir / "best.pt"
+    if not best.is_file():
+        raise SsvaeError(f"{run_dir}: no best.pt; the run has not finished an epoch yet")
+    model.load_state_dict(load_checkpoint(best, map_location=device)["model"])
+    return model.to(device).eval(), config, load_data_facts(run_dir / "config.json")
+
+
+@torch.no_grad()
+def predict(run_dir, inputs, device: str = "auto", skip_bad: bool = False, batch_size: int = 1000,
+            log=print) -> Predictions:
+    """Class probabilities under q(y|x) for every image in ``inputs`` (files or folders)."""
+    dev = resolve_device(device)
+    model, config, facts = load_classifier(Path(run_dir), dev)
+    class_names, shape = facts["class_names"], facts["image_shape"]
+    channels = facts.get("channels", 1)
+    size = (shape[1], shape[0])  # Pillow speaks of (width, height)
+    pattern = re.compile(config.label_pattern)
+    files = image_files(inputs)
+    arrays, bad, kept = [], [], []
+    for path in files:
+        try:
+            arrays.append(read_image(path, channels, size).reshape(-1))
+            kept.append(path)
+        except ValueError as error:
+            bad.append(BadFile(path, str(error)))
+    labels = [label_of(p, pattern) for p in kept]
+    unknown = [BadFile(p, f"label {n!r} is not one of the classes the model knows: {', '.join(class_names)}")
+               for p, n in zip(kept, labels) if n is not None and n not in class_names]
+    bad += unknown
+    if bad:
+        if not skip_bad:
+            raise SsvaeError(f"{len(bad)} of {len(files)} images cannot be used:\n{describe_bad_files(bad)}\n"
+                             f"fix or remove them, or pass --skip-bad to leave them out")
+        log(f"skipping {len(bad)} of {len(files)} images that cannot be used:\n{describe_bad_files(bad)}")
+    bad_paths = {b.path for b in unknown}
+    keep = [i for i, p in enumerate(kept) if p not in bad_paths]
+    if not keep:
+        raise SsvaeError("none of the images given can be used")
+    images = torch.as_tensor(np.stack([arrays[i] for i in keep]), device=dev)
+    probabilities = torch.cat([torch.softmax(model.classify(to_inputs(images[i:i + batch_size], binarize=False))
+                                             .float(), dim=-1) for i in range(0, len(images), batch_size)])
+    return Predictions([kept[i] for i in keep], list(class_names), probabilities.cpu().numpy(),
+                       [labels[i] for i in keep], bad)

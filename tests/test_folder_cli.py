@@ -1,0 +1,115 @@
+"""Training on a folder of the user's own images, and predicting new ones, from the command line.
+
+The folder holds scikit-learn's real 8x8 digits as PNG files: five per class named by label, the
+rest under plain names (unlabelled), and labelled validation and test folders beside it.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+from ssvae.cli import main
+
+LABELLED_PER_CLASS = 5
+
+
+def save_digit(path, pixels):
+    Image.fromarray((pixels.reshape(8, 8) * 255 / 16).round().astype(np.uint8), mode="L").save(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """Decoded folders are cached under $SSVAE_DATA: keep this module's out of the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSVAE_DATA", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory):
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    test, val, train = order[:400], order[400:600], order[600:]
+    root = tmp_path_factory.mktemp("digits")
+    folders = {name: root / name for name in ("train", "val", "test")}
+    for folder in folders.values():
+        folder.mkdir()
+    seen = {k: 0 for k in range(10)}
+    labelled = []
+    for n in train:
+        label = int(digits.target[n])
+        if seen[label] < LABELLED_PER_CLASS:
+            seen[label] += 1
+            labelled.append(n)
+            save_digit(folders["train"] / f"{label}_{n:04d}.png", digits.data[n])
+        else:
+            save_digit(folders["train"] / f"img{n:04d}.png", digits.data[n])
+    for name, indices in (("val", val), ("test", test)):
+        for n in indices:
+            save_digit(folders[name] / f"{digits.target[n]}_{n:04d}.png", digits.data[n])
+    return folders, digits, np.array(labelled), test
+
+
+@pytest.fixture(scope="module")
+def digits_run(digit_folders, tmp_path_factory):
+    folders, *_ = digit_folders
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", "--data", str(folders["train"]), "--val", str(folders["val"]), "--test",
+                 str(folders["test"]), "--likelihood", "bernoulli", "--unlabelled-batch", "20", "--epochs", "40",
+                 "--compile", "off", "--quiet", "--out", str(run)]) == 0
+    return run
+
+
+def test_m2_on_a_folder_beats_a_classifier_of_its_labelled_images_alone(digits_run, digit_folders, capsys):
+    _, digits, labelled, test = digit_folders
+    result = json.loads((digits_run / "result.json").read_text())
+    alone = LogisticRegression(max_iter=2000).fit(digits.data[labelled] / 16, digits.target[labelled])
+    alone_accuracy = alone.score(digits.data[test] / 16, digits.target[test])
+    print(f"M2 on the folder: {result['test_accuracy']:.3f}; logistic regression on its "
+          f"{len(labelled)} labelled images: {alone_accuracy:.3f}")
+    assert result["test_accuracy"] > alone_accuracy + 0.02
+    config = json.loads((digits_run / "config.json").read_text())
+    assert config["data"]["class_names"] == [str(k) for k in range(10)]
+    assert config["data"]["image_shape"] == [8, 8] and config["train"]["labels"] == 10 * LABELLED_PER_CLASS
+
+
+def test_predict_on_the_test_images_matches_evaluate(digits_run, digit_folders, tmp_path, capsys):
+    folders, *_ = digit_folders
+    capsys.readouterr()
+    assert main(["evaluate", str(digits_run), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(digits_run), str(folders["test"]), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"accuracy on the 400 images whose names carry a label: {evaluated['test_accuracy']:.4f}" in said
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 400 and list(rows[0]) == ["path", "predicted", *map(str, range(10))]
+    assert all(abs(sum(float(r[str(k)]) for k in range(10)) - 1) < 1e-4 for r in rows)
+    correct = sum(r["predicted"] == r["path"].rsplit("/", 1)[-1].split("_")[0] for r in rows)
+    assert correct / 400 == pytest.approx(evaluated["test_accuracy"])
+
+
+def test_predict_names_images_it_cannot_use(digits_run, tmp_path, capsys):
+    Image.new("L", (8, 8)).save(tmp_path / "3_fine.png")
+    Image.new("L", (8, 8)).save(tmp_path / "12_unknown.png")  # a class the model does not know
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    capsys.readouterr()
+    assert main(["predict", str(digits_run), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "12_unknown.png" in err and "not one of the classes" in err and "broken.png" in err
+    assert main(["predict", str(digits_run), str(tmp_path), "--skip-bad"]) == 0
+    assert "1 images: " in capsys.readouterr().out
+
+
+def test_a_folder_with_no_labelled_file_stops_before_training(tmp_path, capsys):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "holiday.png")
+    assert main(["train", "--data", str(folder), "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 2
+    assert "no file name carries a label" in capsys.readouterr().err
