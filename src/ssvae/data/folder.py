@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SsvaeError
+from .splits import DataSplits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_LABEL_PATTERN = r"(?P<label>[0-9]+)_.+"
@@ -222,20 +223,14 @@ def folder_fingerprint(paths: list[Path], options: FolderOptions) -> str:
     return digest.hexdigest()[:24]
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing arrays field-wise is meaningless
-class FolderData:
+@dataclass(frozen=True, eq=False)
+class FolderData(DataSplits):
     """A folder split for training, with the fields :class:`~ssvae.data.mnist.MnistData` has.
 
     ``train_labels`` is -1 for every unlabelled image: the labels are those the file names give,
     not a choice among known ones.
     """
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    val_images: np.ndarray
-    val_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
     num_classes: int
     image_shape: tuple
     class_names: list

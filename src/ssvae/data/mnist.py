@@ -37,6 +37,8 @@ import platformdirs
 
 from ssvae.errors import SsvaeError
 
+from .splits import DataSplits
+
 CACHE_NAME = "mnist.npz"
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -85,20 +87,15 @@ SPLIT_SHA256 = {
 }
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing arrays field-wise is meaningless
-class MnistData:
+@dataclass(frozen=True, eq=False)
+class MnistData(DataSplits):
     """MNIST split into training, validation and test sets.
 
     Images are uint8 arrays of shape (N, 784) with raw pixel values 0..255 (row-major 28 x 28);
-    labels are int64 arrays of shape (N,) with values 0..9.
+    labels are int64 arrays of shape (N,) with values 0..9, every training image's included (a run
+    draws which of them it may see).
     """
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    val_images: np.ndarray
-    val_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
     num_classes: int = 10
     image_shape: tuple = (28, 28)
 
