@@ -60,8 +60,12 @@ def test_images_are_resized_to_the_most_common_size(tmp_path):
         Image.new("L", (10, 6), 255).save(tmp_path / f"1_{n}.png")
     Image.new("RGBA", (20, 12), (0, 0, 0, 255)).save(tmp_path / "0_big.png")
     Image.new("P", (10, 6)).save(tmp_path / "0_palette.gif")
-    images = read_folder(tmp_path, log=lambda *a: None)
+    said = []
+    images = read_folder(tmp_path, log=said.append)
     assert images.image_shape == (6, 10) and images.images.shape == (5, 60)
+    # The odd ones are named: nothing is changed silently.
+    assert "resized 1 image(s) to 10x6" in said[0] and "0_big.png" in said[0]
+    assert "1 from mode P" in said[0] and "1 from mode RGBA" in said[0]
     assert read_folder(tmp_path, FolderOptions(image_size=(5, 4)), log=lambda *a: None).image_shape == (4, 5)
 
 

@@ -124,15 +124,32 @@ def read_image(path: Path, channels: int, size: tuple[int, int] | None) -> np.nd
     return array.reshape(array.shape[0], array.shape[1], channels)
 
 
-def image_size_of(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header, or None if it cannot be read."""
+def header_of(path: Path) -> tuple[tuple[int, int], str] | None:
+    """((width, height), mode) from the file's header, or None if it cannot be read."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.size
+            return image.size, image.mode
     except Exception:  # any failure is reported when the image is decoded
         return None
+
+
+def describe_conversions(paths: list[Path], headers: list, size, channels: int) -> str | None:
+    """A note naming the images that were resized or converted to the common size and mode."""
+    target_mode = "L" if channels == 1 else "RGB"
+    resized = [p for p, h in zip(paths, headers) if h is not None and size is not None and h[0] != tuple(size)]
+    modes = Counter(h[1] for h in headers if h is not None and h[1] != target_mode)
+    if not resized and not modes:
+        return None
+    parts = []
+    if resized:
+        shown = ", ".join(str(p) for p in resized[:5]) + (f" and {len(resized) - 5} more" if len(resized) > 5 else "")
+        parts.append(f"resized {len(resized)} image(s) to {size[0]}x{size[1]} ({shown})")
+    if modes:
+        parts.append(f"converted to {'grey' if channels == 1 else 'RGB'}: "
+                     + ", ".join(f"{n} from mode {m}" for m, n in sorted(modes.items())))
+    return "; ".join(parts)
 
 
 def describe_bad_files(bad: list[BadFile]) -> str:
@@ -161,11 +178,17 @@ def read_folder(folder: Path, options: FolderOptions = FolderOptions(), class_na
     options.validate()
     pattern = re.compile(options.label_pattern)
     paths = list_images(folder)
+    headers = _parallel(header_of, paths, threads)
     size = options.image_size
     if size is None:  # the most common size among the files whose header can be read
-        sizes = Counter(s for s in _parallel(image_size_of, paths, threads) if s is not None)
+        sizes = Counter(h[0] for h in headers if h is not None)
         size = sizes.most_common(1)[0][0] if sizes else None
     results = _parallel(lambda p: _read_or_reason(p, options.channels, size), paths, threads)
+    note = describe_conversions([p for p, r in zip(paths, results) if not isinstance(r, str)],
+                                [h for h, r in zip(headers, results) if not isinstance(r, str)], size,
+                                options.channels)
+    if note:
+        log(f"{folder}: {note}")
     bad = [BadFile(p, r) for p, r in zip(paths, results) if isinstance(r, str)]
     names = [label_of(p, pattern) for p in paths]
     known = set(class_names) if class_names is not None else None
