@@ -70,7 +70,7 @@ def test_baselines_use_the_same_labels_and_report_validation_and_test(m1_run, ca
     assert main(["baseline", "--labels", "100", "--m1", str(m1_run), "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in figures["results"]]
-    assert names == ["pixels + SVM", "M1 + SVM"]
+    assert names == ["pixels + SVM", "M1 + SVM", "M1 + label spreading"]
     pixels = figures["results"][0]
     # An RBF SVM on 100 labelled pixel images: far above chance, far below the generative models.
     assert 0.6 < pixels["test_accuracy"] < 0.9 and 0.6 < pixels["val_accuracy"] < 0.9
