@@ -51,7 +51,7 @@ def main() -> None:
         cached = time.perf_counter() - start
     row = {"images": args.images, "cores": os.cpu_count(), "decode_one_thread_s": one_thread,
            "first_load_s": first, "cached_load_s": cached, "labelled": int((data.train_labels >= 0).sum())}
-    print("| images | decode, 1 thread | first load (parallel decode + cache) | cached load |")
+    print("| images | decode, 1 thread | first load (decode + split + cache) | cached load |")
     print("|---|---|---|---|")
     print(f"| {args.images:,} | {one_thread:.1f} s | {first:.1f} s | {cached:.2f} s |")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -169,3 +169,8 @@ def test_random_bytes_and_names_either_load_or_stop_with_the_clear_message(tmp_p
         assert str(root) in str(error)
     else:
         assert len(images.paths) == len(images.labels) == len(images.images) >= 1
+
+
+def test_parallel_decoding_keeps_the_files_in_order():
+    items = list(range(100))
+    assert folder_module._parallel(lambda n: n * n, items, workers=3, chunk=7) == [n * n for n in items]
