@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("m2", "m1m2"), default="m2")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--minutes", type=float, default=None, help="budget per run (M2: 10, M1+M2: 20)")
+    parser.add_argument("--minutes", type=float, default=None, help="budget per run (M2: 10, M1+M2: 25)")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to time")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     stacked = args.model == "m1m2"
-    args.minutes = args.minutes or (20.0 if stacked else TrainConfig().minutes)
+    args.minutes = args.minutes or (25.0 if stacked else TrainConfig().minutes)
     args.target = args.target or (0.967 if stacked else 0.90)
     args.out = args.out or RESULTS / ("time_to_accuracy_m1m2.json" if stacked else "time_to_accuracy.json")
 
