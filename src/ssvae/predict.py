@@ -12,7 +12,6 @@ one probability column per class.
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import load_config, load_data_facts
 from .data.batches import to_inputs
-from .data.folder import BadFile, describe_bad_files, label_of, list_images, read_image
+from .data.folder import BadFile, FolderOptions, list_images, read_images
 from .errors import SsvaeError
 from .models import build_model
 from .runtime import resolve_device
@@ -94,30 +93,10 @@ def predict(run_dir, inputs, device: str = "auto", skip_bad: bool = False, batch
     class_names, shape = facts["class_names"], facts["image_shape"]
     channels = facts.get("channels", 1)
     size = (shape[1], shape[0])  # Pillow speaks of (width, height)
-    pattern = re.compile(config.label_pattern)
-    files = image_files(inputs)
-    arrays, bad, kept = [], [], []
-    for path in files:
-        try:
-            arrays.append(read_image(path, channels, size).reshape(-1))
-            kept.append(path)
-        except ValueError as error:
-            bad.append(BadFile(path, str(error)))
-    labels = [label_of(p, pattern) for p in kept]
-    unknown = [BadFile(p, f"label {n!r} is not one of the classes the model knows: {', '.join(class_names)}")
-               for p, n in zip(kept, labels) if n is not None and n not in class_names]
-    bad += unknown
-    if bad:
-        if not skip_bad:
-            raise SsvaeError(f"{len(bad)} of {len(files)} images cannot be used:\n{describe_bad_files(bad)}\n"
-                             f"fix or remove them, or pass --skip-bad to leave them out")
-        log(f"skipping {len(bad)} of {len(files)} images that cannot be used:\n{describe_bad_files(bad)}")
-    bad_paths = {b.path for b in unknown}
-    keep = [i for i, p in enumerate(kept) if p not in bad_paths]
-    if not keep:
-        raise SsvaeError("none of the images given can be used")
-    images = torch.as_tensor(np.stack([arrays[i] for i in keep]), device=dev)
+    options = FolderOptions(config.label_pattern, channels, size, skip_bad)
+    read = read_images(image_files(inputs), options, class_names, log)
+    images = torch.as_tensor(read.images, device=dev)
     probabilities = torch.cat([torch.softmax(model.classify(to_inputs(images[i:i + batch_size], binarize=False))
                                              .float(), dim=-1) for i in range(0, len(images), batch_size)])
-    return Predictions([kept[i] for i in keep], list(class_names), probabilities.cpu().numpy(),
-                       [labels[i] for i in keep], bad)
+    return Predictions(read.paths, list(class_names), probabilities.cpu().numpy(),
+                       [class_names[k] if k >= 0 else None for k in read.labels], read.skipped)

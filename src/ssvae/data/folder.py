@@ -176,11 +176,17 @@ class ImageFolder:
 
 def read_folder(folder: Path, options: FolderOptions = FolderOptions(), class_names: list[str] | None = None,
                 log=print, threads: int | None = None) -> ImageFolder:
-    """Decode every image under ``folder``; stop with one message naming every bad file unless
-    ``options.skip_bad``. ``class_names`` fixes the classes (for predict): a label outside them is bad."""
+    """Decode every image under ``folder`` (see :func:`read_images`)."""
+    return read_images(list_images(folder), options, class_names, log, threads, where=str(folder))
+
+
+def read_images(paths: list[Path], options: FolderOptions = FolderOptions(), class_names: list[str] | None = None,
+                log=print, threads: int | None = None, where: str = "the images given") -> ImageFolder:
+    """Decode ``paths``; stop with one message naming every bad file unless ``options.skip_bad``.
+    ``class_names`` fixes the classes (for predict): a label outside them is bad. Messages start
+    with ``where``."""
     options.validate()
     pattern = re.compile(options.label_pattern)
-    paths = list_images(folder)
     if threads is None:  # threads pay only where decoding (which frees the GIL) outweighs Python's share
         mean_bytes = sum(p.stat().st_size for p in paths) / len(paths)
         threads = min(32, os.cpu_count() or 1) if mean_bytes >= THREADED_DECODE_BYTES else 1
@@ -194,7 +200,7 @@ def read_folder(folder: Path, options: FolderOptions = FolderOptions(), class_na
                                 [h for h, r in zip(headers, results) if not isinstance(r, str)], size,
                                 options.channels)
     if note:
-        log(f"{folder}: {note}")
+        log(f"{where}: {note}")
     bad = [BadFile(p, r) for p, r in zip(paths, results) if isinstance(r, str)]
     names = [label_of(p, pattern) for p in paths]
     known = set(class_names) if class_names is not None else None
@@ -205,14 +211,14 @@ def read_folder(folder: Path, options: FolderOptions = FolderOptions(), class_na
     if bad:
         bad.sort(key=lambda b: b.path)
         if not options.skip_bad:
-            raise SsvaeError(f"{folder}: {len(bad)} of {len(paths)} image files cannot be used:\n"
+            raise SsvaeError(f"{where}: {len(bad)} of {len(paths)} image files cannot be used:\n"
                              f"{describe_bad_files(bad)}\nfix or remove them, or pass --skip-bad to leave them out")
-        log(f"{folder}: skipping {len(bad)} of {len(paths)} image files that cannot be used:\n"
+        log(f"{where}: skipping {len(bad)} of {len(paths)} image files that cannot be used:\n"
             f"{describe_bad_files(bad)}")
     bad_paths = {b.path for b in bad}
     keep = [i for i, p in enumerate(paths) if p not in bad_paths]
     if not keep:
-        raise SsvaeError(f"{folder}: none of its {len(paths)} image files can be used")
+        raise SsvaeError(f"{where}: none of the {len(paths)} image files can be used")
     arrays = [results[i] for i in keep]
     if class_names is None:
         class_names = class_names_in_order(n for n in (names[i] for i in keep) if n is not None)
