@@ -64,7 +64,8 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--no-epoch-checkpoints", action="store_true",
                    help="do not also write last.pt at every epoch end (for very short epochs)")
     p.add_argument("--data", default=d.data,
-                   help="'mnist' (fetched once, then cached) or a folder with the MNIST IDX files or mnist.pkl.gz")
+                   help="'mnist' (fetched once, then cached), a folder with the MNIST IDX files or mnist.pkl.gz, or "
+                   "a folder of your own images labelled by file name (see the options below)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: one per available core)")
     p.add_argument("--labelled-batch", type=int, default=d.labelled_batch_size,
