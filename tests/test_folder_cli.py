@@ -113,3 +113,10 @@ def test_a_folder_with_no_labelled_file_stops_before_training(tmp_path, capsys):
     Image.new("L", (8, 8)).save(folder / "holiday.png")
     assert main(["train", "--data", str(folder), "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 2
     assert "no file name carries a label" in capsys.readouterr().err
+
+
+def test_a_data_folder_that_does_not_exist_is_named(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    assert main(["train", "--data", str(missing), "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no such folder" in err

@@ -39,6 +39,9 @@ def load_data(spec: str, log=print, config: TrainConfig | None = None):
     from .data.folder import load_folder
     from .data.mnist import load_mnist
 
+    if spec != "mnist" and not Path(spec).is_dir():
+        raise SsvaeError(f"--data {spec}: no such folder; give 'mnist', a folder of your own images, or a "
+                         f"folder holding the MNIST files")
     if not is_image_folder(spec):
         return load_mnist(None if spec == "mnist" else spec, log=log)
     folder = Path(spec)
