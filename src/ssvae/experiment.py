@@ -68,21 +68,24 @@ def data_facts(data) -> dict:
 
 
 @torch.no_grad()
-def accuracy(model, images: np.ndarray, labels: np.ndarray, device: torch.device, batch_size: int = 2000) -> float:
-    """Fraction of ``images`` (uint8) whose most probable class under q(y|x) is the true one.
+def class_probabilities(model, images: np.ndarray, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
+    """q(y|x) for uint8 ``images``, shape (N, K), in batches, with the model in eval mode.
 
-    Test inputs are grey levels, the expectation of the binary samples seen in training.
+    Inputs are grey levels, the expectation of the binary samples seen in training.
     """
     was_training = model.training
     model.eval()
-    correct = 0
     x_all = torch.as_tensor(images, device=device)
-    y_all = torch.as_tensor(labels, device=device)
-    for start in range(0, len(x_all), batch_size):
-        x = to_inputs(x_all[start:start + batch_size], binarize=False)
-        correct += (model.classify(x).argmax(-1) == y_all[start:start + batch_size]).sum()
+    probabilities = torch.cat([torch.softmax(model.classify(to_inputs(x_all[i:i + batch_size], binarize=False))
+                                             .float(), dim=-1) for i in range(0, len(x_all), batch_size)])
     model.train(was_training)
-    return float(correct) / len(labels)
+    return probabilities
+
+
+def accuracy(model, images: np.ndarray, labels: np.ndarray, device: torch.device) -> float:
+    """Fraction of ``images`` (uint8) whose most probable class under q(y|x) is the true one."""
+    predicted = class_probabilities(model, images, device).argmax(-1)
+    return float((predicted == torch.as_tensor(labels, device=device)).sum()) / len(labels)
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:

@@ -20,9 +20,9 @@ import torch
 
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import load_config, load_data_facts
-from .data.batches import to_inputs
 from .data.folder import BadFile, FolderOptions, list_images, read_images
 from .errors import SsvaeError
+from .experiment import class_probabilities
 from .models import build_model
 from .runtime import resolve_device
 
@@ -95,8 +95,6 @@ def predict(run_dir, inputs, device: str = "auto", skip_bad: bool = False, batch
     size = (shape[1], shape[0])  # Pillow speaks of (width, height)
     options = FolderOptions(config.label_pattern, channels, size, skip_bad)
     read = read_images(image_files(inputs), options, class_names, log)
-    images = torch.as_tensor(read.images, device=dev)
-    probabilities = torch.cat([torch.softmax(model.classify(to_inputs(images[i:i + batch_size], binarize=False))
-                                             .float(), dim=-1) for i in range(0, len(images), batch_size)])
+    probabilities = class_probabilities(model, read.images, dev, batch_size)
     return Predictions(read.paths, list(class_names), probabilities.cpu().numpy(),
                        [class_names[k] if k >= 0 else None for k in read.labels], read.skipped)
