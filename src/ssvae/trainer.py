@@ -101,6 +101,7 @@ class Trainer:
 
             inductor_config.fallback_random = True
         self.loss_fn = torch.compile(model.loss) if settings.compile else model.loss
+        self._at_step = getattr(model, "at_step", None)  # a model's own schedule, e.g. M1's KL warm-up
         # Where the run stands; all of it goes into last.pt.
         self.epochs_done = 0
         self.step_in_epoch = 0  # steps taken in the epoch after epochs_done
@@ -218,8 +219,8 @@ class Trainer:
                            disable=not s.progress, mininterval=1.0, dynamic_ncols=True)
                 for batch in self._rest_of_epoch():
                     self._set_learning_rate()
-                    if hasattr(self.model, "at_step"):  # a model's own schedule, e.g. M1's KL warm-up
-                        self.model.at_step(self.steps)
+                    if self._at_step is not None:
+                        self._at_step(self.steps)
                     terms = self.step(batch)
                     if terms is not None:
                         # Accumulate on the device: no host sync inside the epoch but the progress bar's.
