@@ -34,20 +34,20 @@ class BaselineResult:
     setting: str  # the value chosen on validation, e.g. "C=10"
 
 
+def best_on_validation(candidates, features_val: np.ndarray, labels_val: np.ndarray):
+    """(validation accuracy, setting, model) of the fitted (setting, model) pair best on validation."""
+    scored = ((float(model.score(features_val, labels_val)), setting, model) for setting, model in candidates)
+    return max(scored, key=lambda scored_one: scored_one[0])  # the first of equals, as the grid is ordered
+
+
 def svm_on(features_train: np.ndarray, labels_train: np.ndarray, features_val: np.ndarray, labels_val: np.ndarray,
            features_test: np.ndarray, labels_test: np.ndarray, name: str) -> BaselineResult:
     """An RBF SVM for each C of the grid; the one best on validation is reported on test."""
     from sklearn.svm import SVC
 
-    best = None
-    for c in C_GRID:
-        svm = SVC(C=c, kernel="rbf", gamma="scale").fit(features_train, labels_train)
-        val = float((svm.predict(features_val) == labels_val).mean())
-        if best is None or val > best[0]:
-            best = (val, c, svm)
-    val, c, svm = best
-    test = float((svm.predict(features_test) == labels_test).mean())
-    return BaselineResult(name, val, test, f"C={c:g}")
+    fits = ((f"C={c:g}", SVC(C=c, kernel="rbf", gamma="scale").fit(features_train, labels_train)) for c in C_GRID)
+    val, setting, svm = best_on_validation(fits, features_val, labels_val)
+    return BaselineResult(name, val, float(svm.score(features_test, labels_test)), setting)
 
 
 # Neighbours in the label-spreading graph, each scored on the validation split.
@@ -60,14 +60,10 @@ def label_spreading_on(features_all: np.ndarray, partial: np.ndarray, features_v
     """Labels spread over a kNN graph of every training point (-1: unlabelled), for each graph size."""
     from sklearn.semi_supervised import LabelSpreading
 
-    best = None
-    for k in NEIGHBOURS_GRID:
-        model = LabelSpreading(kernel="knn", n_neighbors=k, alpha=0.2, max_iter=100).fit(features_all, partial)
-        val = float(model.score(features_val, labels_val))
-        if best is None or val > best[0]:
-            best = (val, k, model)
-    val, k, model = best
-    return BaselineResult(name, val, float(model.score(features_test, labels_test)), f"k={k}")
+    fits = ((f"k={k}", LabelSpreading(kernel="knn", n_neighbors=k, alpha=0.2, max_iter=100).fit(features_all, partial))
+            for k in NEIGHBOURS_GRID)
+    val, setting, model = best_on_validation(fits, features_val, labels_val)
+    return BaselineResult(name, val, float(model.score(features_test, labels_test)), setting)
 
 
 @torch.no_grad()
