@@ -27,7 +27,7 @@ import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -316,9 +316,8 @@ def load_folder(folder: Path, options: FolderOptions = FolderOptions(), *, val_f
     for what, extra in (("val", val_folder), ("test", test_folder)):
         if extra is None:
             continue
-        other = _read_cached(Path(extra), FolderOptions(options.label_pattern, options.channels,
-                                                        options.image_size or _size_of(images), options.skip_bad),
-                             class_names, cache_dir, log)
+        same_size = replace(options, image_size=options.image_size or _size_of(images))
+        other = _read_cached(Path(extra), same_size, class_names, cache_dir, log)
         unlabelled = [p for p, y in zip(other.paths, other.labels) if y < 0]
         if unlabelled:
             raise SsvaeError(f"--{what} {extra}: every image there needs a label in its name; "
