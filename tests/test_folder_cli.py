@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
+from ssvae import pictures
 from ssvae.cli import main
 
 LABELLED_PER_CLASS = 5
@@ -120,3 +121,54 @@ def test_a_data_folder_that_does_not_exist_is_named(tmp_path, capsys):
     assert main(["train", "--data", str(missing), "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "no such folder" in err
+
+
+def picture_of(path):
+    with Image.open(path) as image:
+        return image.size, np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def test_the_pictures_of_a_grey_folder_run(digits_run, capsys):
+    # Training already wrote the report; the commands draw 8x8 cells enlarged 7x to 56 pixels.
+    assert (digits_run / "report.html").is_file()
+    assert main(["analogy", str(digits_run), "--n", "4"]) == 0
+    assert main(["plot", str(digits_run)]) == 0
+    said = capsys.readouterr().out
+    for name in ("analogy.png", "latent.png", "reconstructions.png", "curves.png", "confusion.png"):
+        assert f"wrote {digits_run / name}" in said
+    size, pixels = picture_of(digits_run / "analogy.png")
+    assert size == (11 * 58 + 2, 4 * 58 + 2) and pixels.std() > 20
+
+
+def test_the_pictures_of_a_colour_folder_run(tmp_path, capsys):
+    """Digits painted in a colour per class: the pictures keep the colours where they belong."""
+    digits = load_digits()
+    palette = np.array([[1, 0.2, 0.2], [0.2, 1, 0.2], [0.2, 0.2, 1], [1, 1, 0.2], [1, 0.2, 1],
+                        [0.2, 1, 1], [1, 0.6, 0.2], [0.6, 0.2, 1], [0.6, 1, 0.6], [1, 1, 1]])
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    for n in range(600):
+        label = int(digits.target[n])
+        grey = digits.data[n].reshape(8, 8, 1) / 16
+        rgb = (grey * palette[label] * 255).round().astype(np.uint8)
+        Image.fromarray(rgb, mode="RGB").save(folder / (f"{label}_{n}.png" if n < 300 else f"img{n}.png"))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--channels", "3", "--likelihood", "bernoulli",
+                 "--unlabelled-batch", "20", "--epochs", "20", "--compile", "off", "--quiet", "--out", str(run)]) == 0
+    assert main(["analogy", str(run), "--index", "0", "1", "2"]) == 0
+    assert main(["sample", str(run), "--n", "3"]) == 0
+    assert main(["plot", str(run)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    # The analogy's first column is each test image itself, enlarged 7x, in its own colours.
+    size, pixels = picture_of(run / "analogy.png")
+    assert size == (11 * 58 + 2, 3 * 58 + 2)
+    originals = pictures.open_run(run, "cpu").data.test_images[:3].reshape(3, 8, 8, 3)
+    for row, original in enumerate(originals):
+        cell = pixels[2 + row * 58:2 + row * 58 + 56, 2:58]
+        np.testing.assert_allclose(cell, original.repeat(7, axis=0).repeat(7, axis=1), atol=1)
+    # The samples come out in colour, not grey: the channels differ.
+    size, pixels = picture_of(run / "samples.png")
+    assert size == (3 * 58 + 2, 10 * 58 + 2)
+    assert np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean() > 5
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6

@@ -39,6 +39,9 @@ def test_m1m2_trains_both_stages_in_one_run_directory(tmp_path, mnist):
     assert json.loads((run / "m1" / "config.json").read_text())["train"]["model"] == "m1"
     assert (run / "m1" / "best.pt").is_file() and (run / "best.pt").is_file()
     assert 0 <= json.loads((run / "result.json").read_text())["test_accuracy"] <= 1
+    # The report draws through both stages: analogies and samples decode M2's z1 with M1.
+    page = (run / "report.html").read_text()
+    assert all(f'<figure id="{name}">' in page for name in ("analogy", "samples", "latent", "curves", "confusion"))
 
 
 def test_m1m2_reuses_a_trained_m1(m1_run, tmp_path, capsys):

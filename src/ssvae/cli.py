@@ -1,4 +1,5 @@
-"""The ``ssvae`` command line: ``train``, ``evaluate`` and ``data fetch``.
+"""The ``ssvae`` command line: ``train``, ``sweep``, ``evaluate``, ``predict``, the pictures
+(``analogy``, ``sample``, ``plot``, ``report``), ``baseline`` and ``data fetch``.
 
 Problems caused by the input (a bad option, a missing file, no network) print one line that says
 what is wrong and what to do, and exit with status 2.
@@ -115,6 +116,8 @@ def _add_how_to_train(p) -> None:
                          help="share of --minutes spent training M1 before M2")
     stacked.add_argument("--active-threshold", type=float, default=d.active_threshold,
                          help="keep the dimensions of M1's z whose q-means have at least this standard deviation")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write report.html (pictures and figures) at the end of the run")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -152,6 +155,7 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         model_options={k: v for k, v in options.items() if v is not None},
         likelihood=args.likelihood, label_pattern=args.label_pattern, channels=args.channels,
         image_size=args.image_size, skip_bad=args.skip_bad, val_data=args.val_data, test_data=args.test_data,
+        report=args.report,
     )
     config.validate()
     return config
@@ -375,6 +379,108 @@ def _fetch(args) -> int:
     return 0
 
 
+def _picture_parser(sub, name: str, help: str, description: str, out_help: str):
+    """A subcommand that draws from a run: RUN, --out, --device and --seed."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=HelpWithDefaults)
+    p.add_argument("run", type=Path, help="run directory written by `ssvae train`")
+    p.add_argument("--out", type=Path, default=None, help=out_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choices (images, z)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p
+
+
+def _target(out: Path | None, run: Path, name: str) -> Path:
+    """Where a picture goes: --out as a file if it names one with a suffix, else into --out or RUN."""
+    if out is not None and out.suffix:
+        return out
+    return (out or run) / name
+
+
+def _add_pictures(sub) -> None:
+    p = _picture_parser(
+        sub, "analogy", "each image's style drawn as every class (the paper's analogies)",
+        "For test images (--index, or --n at random), infer the style z from q(z|x,y) with y from the "
+        "classifier, then decode that z with every class: one row per image, the original first; the "
+        "classifier's class is framed. M1+M2 runs decode through both stages.",
+        "PNG file, or folder for analogy.png (default: the run directory)")
+    p.add_argument("--n", type=int, default=10, help="number of random images, when --index is not given")
+    p.add_argument("--index", type=int, nargs="+", default=None, metavar="I", help="indices of the images to draw")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split the images come from")
+    p.set_defaults(func=_analogy)
+
+    p = _picture_parser(
+        sub, "sample", "class-conditional samples, or an interpolation between two images",
+        "Draw z from the prior and decode it as every class: one row per class, the same z down each "
+        "column (an M1 run has no classes: one row). With --interpolate I J, decode the straight line "
+        "between images I's and J's styles at every class instead.",
+        "PNG file, or folder for samples.png / interpolation.png (default: the run directory)")
+    p.add_argument("--n", type=int, default=10, help="samples per class")
+    p.add_argument("--interpolate", type=int, nargs=2, default=None, metavar=("I", "J"),
+                   help="indices of two images of --split to interpolate between")
+    p.add_argument("--steps", type=int, default=10, help="points on the interpolation line")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split of --interpolate's images")
+    p.set_defaults(func=_sample)
+
+    p = _picture_parser(
+        sub, "plot", "latent space, reconstructions, learning curves and confusion matrix",
+        "Draw the latent space coloured by class (as it is when 2-D, else through PCA or t-SNE), test images "
+        "beside their reconstructions, every logged metric against epochs and minutes, and the confusion "
+        "matrix on the test set.",
+        "folder for latent.png, reconstructions.png, curves.png, confusion.png (default: the run directory)")
+    p.add_argument("--tsne", action="store_true", help="embed the latent space with t-SNE instead of PCA (slower)")
+    p.set_defaults(func=_plot)
+
+    p = _picture_parser(
+        sub, "report", "one self-contained HTML page: config, data, results, timings, every picture",
+        "Write report.html: the run's config, data and label split, best and final figures, timings and "
+        "every picture, embedded so the file stands alone. `ssvae train` writes it at the end of each run.",
+        "HTML file, or folder for report.html (default: the run directory)")
+    p.add_argument("--keep-pictures", action="store_true", help="also keep the pictures as PNG files beside it")
+    p.set_defaults(func=_report)
+
+
+def _analogy(args) -> int:
+    from .pictures import draw_analogy, open_run
+
+    run = open_run(args.run, args.device)
+    print(f"wrote {draw_analogy(run, _target(args.out, args.run, 'analogy.png'), args.n, args.index, args.seed, args.split)}")
+    return 0
+
+
+def _sample(args) -> int:
+    from .pictures import draw_interpolation, draw_samples, open_run
+
+    run = open_run(args.run, args.device)
+    if args.interpolate is not None:
+        first, second = args.interpolate
+        path = draw_interpolation(run, _target(args.out, args.run, "interpolation.png"), first, second,
+                                  args.steps, args.split)
+    else:
+        if args.n < 1:
+            raise SsvaeError(f"--n must be at least 1, got {args.n}")
+        path = draw_samples(run, _target(args.out, args.run, "samples.png"), args.n, args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def _plot(args) -> int:
+    from .pictures import draw_plots, open_run
+
+    run = open_run(args.run, args.device)
+    if args.out is not None and args.out.suffix:
+        raise SsvaeError(f"--out {args.out}: plot writes several files; give a folder")
+    for path in draw_plots(run, args.out or args.run, "tsne" if args.tsne else "pca", args.seed):
+        print(f"wrote {path}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.run, args.out, args.device, seed=args.seed, keep_pictures=args.keep_pictures)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssvae", description="Semi-supervised learning with deep generative models (Kingma et al. 2014).")
@@ -383,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_pictures(sub)
     _add_baseline(sub)
     _add_data(sub)
     return parser

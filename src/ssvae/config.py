@@ -65,6 +65,7 @@ class TrainConfig:
     skip_bad: bool = False  # leave out unusable files (and say so) instead of stopping
     val_data: str | None = None  # folders of labelled images for validation and test; by default a
     test_data: str | None = None  # stratified tenth of the labelled files each
+    report: bool = True  # write report.html (every picture, embedded) at the end of the run
 
     def __post_init__(self):
         if self.image_size is not None:  # a JSON round trip gives a list

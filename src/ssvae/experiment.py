@@ -136,7 +136,20 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
     else:
         result = stage.train_m1m2(run_dir, model_config)
     atomic_write_json(run_dir / "result.json", result)
+    if config.report:
+        _write_report(run_dir, data, device, log)
     return result
+
+
+def _write_report(run_dir: Path, data, device: torch.device, log) -> None:
+    """report.html at the end of a run. The run itself is done and saved by now, so a picture that
+    cannot be drawn costs a warning, not the run."""
+    from .report import write_report
+
+    try:
+        log(f"report: {write_report(run_dir, device=str(device), data=data)}")
+    except Exception as error:  # noqa: BLE001 - any failure here must leave the finished run intact
+        log(f"report not written ({type(error).__name__}: {error}); draw it with `ssvae report {run_dir}`")
 
 
 def initial_model_config(config: TrainConfig, data):

@@ -104,6 +104,16 @@ class M1(nn.Module):
         """Bernoulli logits of p(x|z), shape (batch, input_dim)."""
         return self.decoder(z)
 
+    latent_name = "z of q(z|x)"
+
+    def latent(self, x: Tensor) -> Tensor:
+        """The mean of q(z|x), for plotting."""
+        return self.encode(x)[0]
+
+    def generate(self, z: Tensor) -> Tensor:
+        """The mean image of p(x|z): pixel probabilities, shape (batch, input_dim)."""
+        return torch.sigmoid(self.decode(z)).float()
+
     def sample_latent(self, x: Tensor) -> Tensor:
         """One reparameterised draw of z ~ q(z|x)."""
         mu, logvar = self.encode(x)

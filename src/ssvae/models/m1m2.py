@@ -104,6 +104,26 @@ class M1M2(nn.Module):
         """Logits of q(y|x): M2's classifier on the q-mean of z1."""
         return self.m2.classify(self.features(x, sample=False))
 
+    latent_name = "z1, M1's features (active dimensions)"
+
+    def latent(self, x: Tensor) -> Tensor:
+        """The q-mean of z1's active dimensions, the features M2 classifies, for plotting."""
+        return self.features(x, sample=False)
+
+    def style(self, x: Tensor, y: Tensor) -> Tensor:
+        """The mean of M2's q(z2|z1,y) on the q-mean of z1: the image's style once its class is taken out."""
+        return self.m2.style(self.features(x, sample=False), y)
+
+    @torch.no_grad()
+    def generate(self, z2: Tensor, y: Tensor) -> Tensor:
+        """Through both stages: M2 gives the mean of z1's active dimensions from (y, z2), M1 draws it.
+
+        The inactive dimensions are set to 0, the prior's mean, where their q-means sit since the KL
+        term pulled them there and the decoder learned to ignore them."""
+        z1 = z2.new_zeros(len(z2), self.config.m1.latent_dim)
+        z1[:, self.active] = self.m2.generate(z2, y)
+        return self.m1.generate(z1)
+
     def loss(self, batch: Batch) -> M2Terms:
         """M2's objective on a fresh draw of z1 for every image of the batch."""
         features = Batch(

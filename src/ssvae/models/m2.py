@@ -143,6 +143,26 @@ class M2(nn.Module):
         or Gaussian mean and log-variance side by side, (batch, 2 * input_dim)."""
         return self.decoder_out(F.softplus(self.decoder_z(z) + self.decoder_y[y]))
 
+    def pixel_means(self, out: Tensor) -> Tensor:
+        """The mean of p(x|y,z) from the decoder's output: sigmoid of the logits, or the Gaussian's mean."""
+        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out.chunk(2, dim=-1)[0]
+
+    # -- what pictures are drawn from ------------------------------------------------------------
+
+    latent_name = "style z of q(z|x,y)"
+
+    def style(self, x: Tensor, y: Tensor) -> Tensor:
+        """The mean of q(z|x,y): what image ``x`` looks like once its class ``y`` is taken out."""
+        return self.encode(x, y)[0]
+
+    def generate(self, z: Tensor, y: Tensor) -> Tensor:
+        """The mean image of p(x|y,z), shape (batch, input_dim): style ``z`` drawn as class ``y``."""
+        return self.pixel_means(self.decode(z, y)).float()
+
+    def latent(self, x: Tensor) -> Tensor:
+        """The style of each image at the class the classifier gives it, for plotting."""
+        return self.style(x, self.classify(x).argmax(-1))
+
     # -- bounds ----------------------------------------------------------------------------------
 
     def bounds(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor) -> tuple[Tensor, Tensor]:
