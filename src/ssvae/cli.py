@@ -379,11 +379,13 @@ def _fetch(args) -> int:
     return 0
 
 
-def _picture_parser(sub, name: str, help: str, description: str, out_help: str):
-    """A subcommand that draws from a run: RUN, --out, --device and --seed."""
+def _picture_parser(sub, name: str, help: str, description: str, out_help: str, split_help: str | None = None):
+    """A subcommand that draws from a run: RUN, --out, --device, --seed, and --split where images are picked."""
     p = sub.add_parser(name, help=help, description=description, formatter_class=HelpWithDefaults)
     p.add_argument("run", type=Path, help="run directory written by `ssvae train`")
     p.add_argument("--out", type=Path, default=None, help=out_help)
+    if split_help:
+        p.add_argument("--split", choices=("test", "val", "train"), default="test", help=split_help)
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices (images, z)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
@@ -402,10 +404,9 @@ def _add_pictures(sub) -> None:
         "For test images (--index, or --n at random), infer the style z from q(z|x,y) with y from the "
         "classifier, then decode that z with every class: one row per image, the original first; the "
         "classifier's class is framed. M1+M2 runs decode through both stages.",
-        "PNG file, or folder for analogy.png (default: the run directory)")
+        "PNG file, or folder for analogy.png (default: the run directory)", "split the images come from")
     p.add_argument("--n", type=int, default=10, help="number of random images, when --index is not given")
     p.add_argument("--index", type=int, nargs="+", default=None, metavar="I", help="indices of the images to draw")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split the images come from")
     p.set_defaults(func=_analogy)
 
     p = _picture_parser(
@@ -413,12 +414,12 @@ def _add_pictures(sub) -> None:
         "Draw z from the prior and decode it as every class: one row per class, the same z down each "
         "column (an M1 run has no classes: one row). With --interpolate I J, decode the straight line "
         "between images I's and J's styles at every class instead.",
-        "PNG file, or folder for samples.png / interpolation.png (default: the run directory)")
+        "PNG file, or folder for samples.png / interpolation.png (default: the run directory)",
+        "split of --interpolate's images")
     p.add_argument("--n", type=int, default=10, help="samples per class")
     p.add_argument("--interpolate", type=int, nargs=2, default=None, metavar=("I", "J"),
                    help="indices of two images of --split to interpolate between")
     p.add_argument("--steps", type=int, default=10, help="points on the interpolation line")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split of --interpolate's images")
     p.set_defaults(func=_sample)
 
     p = _picture_parser(
