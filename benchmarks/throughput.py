@@ -73,9 +73,10 @@ def measure_step(data, labelled_batch: int, unlabelled_batch: int, device, use_b
     """Time the trainer's own step on real MNIST batches; returns images/s and GFLOP/s."""
     seed_everything(0)
     labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
-    batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
-                                    labelled_batch, unlabelled_batch, TrainConfig().binarize, device, seed=0)
     model = M2(M2Config())
+    batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
+                                    labelled_batch, unlabelled_batch, TrainConfig().binarize, device, seed=0,
+                                    noise_width=model.noise_width)
     settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
                                compile=compile_, progress=False)
     trainer = Trainer(model, batches, lambda m: {}, Path("."), settings)

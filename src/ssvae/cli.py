@@ -178,13 +178,15 @@ def _train(args) -> int:
                              f"drop {', '.join(changed)}")
         config = TrainConfig(device=args.device, threads=args.threads)
         result = train(config, args.resume, progress=not args.quiet, resume=True)
-        _print_result(result, args.resume)
+        if result:  # empty on the processes other than rank 0 of a distributed run
+            _print_result(result, args.resume)
         return 0
 
     config = _config_from_args(args, args.model, args.labels, args.seed)
     out = args.out or Path("runs") / f"{config.model}-{config.labels}labels-seed{config.seed}"
     result = train(config, out, overwrite=args.overwrite, progress=not args.quiet)
-    _print_result(result, out)
+    if result:
+        _print_result(result, out)
     return 0
 
 
@@ -497,17 +499,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runtime import processes_from_env
+
     args = build_parser().parse_args(argv)
+    # Under torchrun every process meets the same problem; rank 0 alone says so.
+    say = print if processes_from_env().is_main else (lambda *a, **k: None)
     try:
         return args.func(args)
     except Interrupted as error:  # the run checkpointed and stopped: say how to go on
-        print(f"ssvae: {error}", file=sys.stderr)
+        say(f"ssvae: {error}", file=sys.stderr)
         return 130
     except SsvaeError as error:
-        print(f"ssvae: {error}", file=sys.stderr)
+        say(f"ssvae: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ssvae: interrupted", file=sys.stderr)
+        say("ssvae: interrupted", file=sys.stderr)
         return 130
 
 

@@ -29,7 +29,8 @@ from .data.batches import SemiSupervisedBatches, to_inputs
 from .data.labels import balanced_label_split, partial_labels
 from .errors import SsvaeError
 from .models import build_model
-from .runtime import bf16_supported, resolve_device, seed_everything, set_threads
+from .runtime import (Processes, barrier, bf16_supported, processes_from_env, resolve_device, seed_everything,
+                      set_threads, start_processes, stop_processes, threads_per_process)
 from .trainer import Trainer, TrainerSettings
 
 
@@ -88,12 +89,17 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray, device: torch.device
     return float((predicted == torch.as_tensor(labels, device=device)).sum()) / len(labels)
 
 
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to train into a directory that holds a run, unless asked to replace it."""
+    if not overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        raise SsvaeError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                         f"or choose another --out, or pass --overwrite to replace it")
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, overwrite)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise SsvaeError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
-                             f"or choose another --out, or pass --overwrite to replace it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -110,9 +116,32 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
     if resume:
         config, labelled = _resumable_run(run_dir, config)
     config.validate()
-    device = resolve_device(config.device)
-    threads = set_threads(config.threads) if device.type == "cpu" else None
+    # Started by torchrun: one model trained by several processes, of which rank 0 alone logs,
+    # validates and writes; the others train and stay silent.
+    processes = processes_from_env()
+    if not processes.is_main:
+        log, progress = (lambda *args, **kwargs: None), False
+    device = start_processes(processes, resolve_device(config.device))
+    try:
+        return _train(config, run_dir, overwrite, progress, log, resume, labelled if resume else None,
+                      processes, device)
+    finally:
+        stop_processes(processes)
+
+
+def _train(config: TrainConfig, run_dir: Path, overwrite: bool, progress: bool, log, resume: bool,
+           labelled: np.ndarray | None, processes: Processes, device: torch.device) -> dict:
+    if device.type == "cpu":
+        threads = set_threads(config.threads or (threads_per_process(processes) if processes.distributed else None))
+    else:
+        threads = None
+    if not resume:  # refuse an existing run on every process before rank 0 touches anything
+        check_run_dir(run_dir, overwrite)
+    if not processes.is_main:  # rank 0 fetches and caches the data first; the others then read the cache
+        barrier(processes)
     data = load_data(config.data, log=log, config=config)
+    if processes.is_main:
+        barrier(processes)
     from_files = getattr(data, "labels_from_files", False)
     if config.model == "m1":
         labelled = np.zeros(0, dtype=np.int64)  # M1 learns without labels
@@ -122,19 +151,23 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
     elif not resume:
         labelled = balanced_label_split(data.train_labels, config.labels, data.num_classes, config.seed)
     model_config = initial_model_config(config, data)
-    if not resume:
+    if not resume and processes.is_main:
         run_dir = prepare_run_dir(run_dir, overwrite)
         save_config(run_dir / "config.json", config, model_config, data_facts(data))
         atomic_write_text(run_dir / "labelled_indices.json", json.dumps(labelled.tolist()) + "\n")
+    together = f", {processes.world} processes (DDP)" if processes.distributed else ""
     log(f"training {config.model}{'' if config.model == 'm1' else f' with {config.labels} labels'} "
-        f"(seed {config.seed}) on {device}{f' with {threads} threads' if threads else ''}; run directory {run_dir}")
-    stage = Stage(config, data, labelled, device, progress, log, resume)
+        f"(seed {config.seed}) on {device}{f' with {threads} threads' if threads else ''}{together}; "
+        f"run directory {run_dir}")
+    stage = Stage(config, data, labelled, device, progress, log, resume, processes)
     if config.model == "m1":
         result = stage.train_m1(run_dir, model_config)
     elif config.model == "m2":
         result = stage.train_classifier(run_dir, build_model("m2", **asdict(model_config)), config.minutes)
     else:
         result = stage.train_m1m2(run_dir, model_config)
+    if not processes.is_main:
+        return {}
     atomic_write_json(run_dir / "result.json", result)
     if config.report:
         _write_report(run_dir, data, device, log)
@@ -187,9 +220,9 @@ class Stage:
     """Trains the stages of one run: M1, a classifier (M2 on pixels or on M1's features), or both."""
 
     def __init__(self, config: TrainConfig, data, labelled: np.ndarray, device: torch.device, progress: bool,
-                 log, resume: bool):
+                 log, resume: bool, processes: Processes = Processes()):
         self.config, self.data, self.labelled, self.device = config, data, labelled, device
-        self.progress, self.log, self.resume = progress, log, resume
+        self.progress, self.log, self.resume, self.processes = progress, log, resume, processes
 
     def settings(self, minutes: float | None, selection_metric: str) -> TrainerSettings:
         c = self.config
@@ -200,10 +233,13 @@ class Stage:
             epochs=c.epochs, minutes=minutes, learning_rate=c.lr, device=self.device, bf16=use_bf16,
             compile=use_compile, progress=self.progress, selection_metric=selection_metric,
             checkpoint_minutes=c.checkpoint_minutes, checkpoint_each_epoch=c.checkpoint_each_epoch,
+            processes=self.processes,
         )
 
-    def batches(self, labelled_batch_size: int) -> SemiSupervisedBatches:
-        """Training batches; with no labelled batch (M1), every training image counts as unlabelled."""
+    def batches(self, labelled_batch_size: int, noise_width: int) -> SemiSupervisedBatches:
+        """Training batches, with ``noise_width`` standard normals per image for the model; with no
+        labelled batch (M1), every training image counts as unlabelled. With several processes,
+        this one's share of every batch."""
         c, data = self.config, self.data
         labelled = self.labelled if labelled_batch_size > 0 else np.zeros(0, dtype=np.int64)
         train_images, train_labels = data.train_images, partial_labels(data.train_labels, labelled)
@@ -211,7 +247,8 @@ class Stage:
             keep = np.sort(np.concatenate([labelled, np.flatnonzero(train_labels < 0)[:c.max_unlabelled]]))
             train_images, train_labels = train_images[keep], train_labels[keep]
         return SemiSupervisedBatches(train_images, train_labels, labelled_batch_size, c.unlabelled_batch_size,
-                                     c.binarize, self.device, c.seed)
+                                     c.binarize, self.device, c.seed, noise_width,
+                                     (self.processes.rank, self.processes.world))
 
     def fit(self, model, batches, validate, run_dir: Path, settings: TrainerSettings):
         self.log(f"{type(model).__name__}: bf16 {'on' if settings.bf16 else 'off'}, "
@@ -227,7 +264,8 @@ class Stage:
         elif self.resume:
             self.log(f"{run_dir} has no checkpoint yet: starting it from the beginning")
             for stale in ("metrics.jsonl", "best.pt", "result.json"):
-                (run_dir / stale).unlink(missing_ok=True)
+                if self.processes.is_main:
+                    (run_dir / stale).unlink(missing_ok=True)
         return trainer, trainer.fit()
 
     def train_classifier(self, run_dir: Path, model, minutes: float | None) -> dict:
@@ -240,8 +278,10 @@ class Stage:
         def validate(m):
             return {"val_accuracy": accuracy(m, data.val_images, data.val_labels, device)}
 
-        trainer, fit = self.fit(model, self.batches(self.config.labelled_batch_size), validate, run_dir,
-                                self.settings(minutes, "val_accuracy"))
+        trainer, fit = self.fit(model, self.batches(self.config.labelled_batch_size, model.noise_width), validate,
+                                run_dir, self.settings(minutes, "val_accuracy"))
+        if not self.processes.is_main:
+            return {}
         result = evaluate_model(run_dir, model, data, device)
         result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, skipped_steps=trainer.skipped_steps)
         return result
@@ -257,8 +297,10 @@ class Stage:
         def validate(m):
             return {"val_elbo": -mean_negative_elbo(m, data.val_images, device, binarize)}
 
-        trainer, fit = self.fit(model, self.batches(0), validate, run_dir,
+        trainer, fit = self.fit(model, self.batches(0, model.noise_width), validate, run_dir,
                                 self.settings(self.config.minutes, "val_elbo"))
+        if not self.processes.is_main:
+            return {}
         result = evaluate_model(run_dir, model, data, device, binarize=binarize)
         result.update(epochs=fit.epochs, steps=fit.steps, minutes=fit.minutes, skipped_steps=trainer.skipped_steps)
         return result
@@ -273,31 +315,36 @@ class Stage:
             self.log(f"stage 1: M1 from {c.m1_run}")
         else:
             m1_dir = run_dir / "m1"
-            m1_dir.mkdir(exist_ok=True)
-            if (m1_dir / "result.json").is_file():
-                m1_minutes = json.loads((m1_dir / "result.json").read_text())["minutes"]
-            else:
+            main = self.processes.is_main
+            if not (m1_dir / "result.json").is_file():
                 m1_budget = c.minutes * c.m1_share if c.minutes is not None else None
                 self.log(f"stage 1: M1 in {m1_dir}" + (f", {m1_budget:.1f} minutes" if m1_budget else ""))
                 m1_config = TrainConfig(**{**asdict(c), "model": "m1", "minutes": m1_budget, "m1_run": None,
                                            "learning_rate": None, "model_options": {}})
-                save_config(m1_dir / "config.json", m1_config, model_config.m1, data_facts(self.data))
-                atomic_write_text(m1_dir / "labelled_indices.json", "[]\n")
+                if main:
+                    m1_dir.mkdir(exist_ok=True)
+                    save_config(m1_dir / "config.json", m1_config, model_config.m1, data_facts(self.data))
+                    atomic_write_text(m1_dir / "labelled_indices.json", "[]\n")
                 m1_result = Stage(m1_config, self.data, self.labelled, self.device, self.progress, self.log,
-                                  self.resume).train_m1(m1_dir, model_config.m1)
-                atomic_write_json(m1_dir / "result.json", m1_result)
-                m1_minutes = m1_result["minutes"]
+                                  self.resume, self.processes).train_m1(m1_dir, model_config.m1)
+                if main:
+                    atomic_write_json(m1_dir / "result.json", m1_result)
+                barrier(self.processes)  # every process goes on with the M1 that rank 0 kept
+            m1_minutes = json.loads((m1_dir / "result.json").read_text())["minutes"]
             m1 = load_m1(m1_dir, self.device)
         images = to_inputs(torch.as_tensor(self.data.train_images, device=self.device), binarize=False)
         active = active_dimensions(m1, images, c.active_threshold)
         full = M1M2Config(m1=m1.config, m2=replace(model_config.m2, input_dim=len(active)), active_dims=active)
         full.validate()
-        save_config(run_dir / "config.json", c, full, data_facts(self.data))
+        if self.processes.is_main:
+            save_config(run_dir / "config.json", c, full, data_facts(self.data))
         self.log(f"stage 2: M2 on {len(active)} active dimensions of M1's z (of {m1.config.latent_dim})")
         model = M1M2(full)
         model.m1.load_state_dict(m1.state_dict())
         minutes = None if c.minutes is None else max(c.minutes - m1_minutes, 0.01)
         result = self.train_classifier(run_dir, model, minutes)
+        if not self.processes.is_main:
+            return {}
         result.update(m1_minutes=m1_minutes, active_dims=len(active))
         if c.minutes is not None:
             result["minutes"] += m1_minutes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,3 +71,76 @@ def autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# -- several processes (torchrun) ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands among those training one model: torchrun's RANK, WORLD_SIZE,
+    LOCAL_RANK and LOCAL_WORLD_SIZE, or a single process when they are not set."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs, draws progress, validates and writes files."""
+        return self.rank == 0
+
+
+def processes_from_env() -> Processes:
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return Processes()
+        return Processes(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                         int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    except (KeyError, ValueError) as error:
+        raise SsvaeError(f"WORLD_SIZE is set but the other torchrun variables are not usable ({error}); "
+                         f"start distributed runs with torchrun") from None
+
+
+def start_processes(processes: Processes, device: torch.device) -> torch.device:
+    """Join the process group (NCCL between GPUs, gloo between CPUs) and return this process's
+    device: its own GPU (LOCAL_RANK) when training on CUDA."""
+    if not processes.distributed:
+        return device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", processes.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def stop_processes(processes: Processes) -> None:
+    """Leave the process group, so that every process exits cleanly rather than in the middle of
+    the communication library's teardown."""
+    if processes.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier(processes: Processes) -> None:
+    """Wait for every process, e.g. until rank 0 has written a file the others read next."""
+    if processes.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def threads_per_process(processes: Processes) -> int:
+    """The cores of this machine shared out between the processes torchrun started on it."""
+    return max(1, available_cores() // processes.local_world)

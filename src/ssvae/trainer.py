@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import Interrupted, TrainingDiverged
-from .runtime import autocast
+from .runtime import Processes, autocast
 
 
 @dataclass
@@ -62,6 +62,12 @@ class TrainerSettings:
     checkpoint_each_epoch: bool = True
     # Consecutive steps with a non-finite loss or gradient before the run is declared diverged.
     max_bad_steps: int = 20
+    # The processes training this model together (torchrun); one by default.
+    processes: Processes = Processes()
+    # With several processes, how often (in steps) they agree on the time used and on whether to
+    # stop: an all-reduce of two numbers, rare enough to cost nothing, and it is the only host sync
+    # the step loop adds on a GPU.
+    agree_every_steps: int = 10
 
 
 @dataclass
@@ -100,7 +106,20 @@ class Trainer:
             from torch._inductor import config as inductor_config
 
             inductor_config.fallback_random = True
-        self.loss_fn = torch.compile(model.loss) if settings.compile else model.loss
+        self.processes = settings.processes
+        if self.processes.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP averages the gradients over the processes during backward; it hooks in through the
+            # module's forward, which is the model's training loss. Buffers (M1's KL weight) follow
+            # the step count on every process alike, so there is nothing to send at each step.
+            device = settings.device
+            self.replicated = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+            objective = self.replicated
+        else:
+            objective = model.loss
+        self.loss_fn = torch.compile(objective) if settings.compile else objective
         self._at_step = getattr(model, "at_step", None)  # a model's own schedule, e.g. M1's KL warm-up
         # Where the run stands; all of it goes into last.pt.
         self.epochs_done = 0
@@ -111,6 +130,7 @@ class Trainer:
         self.skipped_steps = 0  # non-finite steps over the whole run
         self.bad_in_a_row = 0
         self.elapsed_seconds = 0.0  # training time of earlier sessions of this run
+        self._agreed_elapsed = 0.0  # with several processes: the time they last agreed on
         self._session_start: float | None = None  # when fit() began in this process
         self.history: list[dict] = []
         self.best_value, self.best_epoch, self.best_metrics = -math.inf, 0, {}
@@ -127,7 +147,12 @@ class Trainer:
         terms.loss.backward()
         grads = [p.grad for p in self.trained if p.grad is not None]
         # One host sync per step: free on CPU, where every op has already run.
-        finite = torch.isfinite(terms.loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if not self.processes.distributed:
+            finite &= torch.isfinite(terms.loss)
+        # With several processes the decision rests on the gradients alone: they are averaged, so
+        # every process sees the same ones and decides alike (a non-finite loss anywhere makes
+        # them non-finite everywhere); each process's own loss would split the model copies apart.
         if not bool(finite):
             self._skip(terms)
             return None
@@ -169,11 +194,29 @@ class Trainer:
 
     # -- the budget ------------------------------------------------------------------------------
 
-    def _elapsed(self) -> float:
-        """Seconds of training in this run, earlier sessions included."""
+    def _own_elapsed(self) -> float:
         if self._session_start is None:
             return self.elapsed_seconds
         return self.elapsed_seconds + time.perf_counter() - self._session_start
+
+    def _elapsed(self) -> float:
+        """Seconds of training in this run, earlier sessions included. With several processes, the
+        figure they last agreed on, so that all decide the learning rate and the end alike."""
+        return self._agreed_elapsed if self.processes.distributed else self._own_elapsed()
+
+    def _agree(self) -> None:
+        """With several processes: adopt the longest time used and any stop request of any process."""
+        if not self.processes.distributed:
+            return
+        import torch.distributed as dist
+
+        own = torch.tensor([self._own_elapsed(), 1.0 if self._stop_signal else 0.0], dtype=torch.float64,
+                           device=self.settings.device)
+        dist.all_reduce(own, op=dist.ReduceOp.MAX)
+        elapsed, stop = own.tolist()
+        self._agreed_elapsed = elapsed
+        if stop and self._stop_signal is None:
+            self._stop_signal = "a signal to another process"
 
     def _progress(self) -> float:
         """Fraction of the budget used so far, in [0, 1]."""
@@ -210,8 +253,13 @@ class Trainer:
         s = self.settings
         self._session_start = time.perf_counter()
         self._last_save = time.perf_counter()
+        self._agreed_elapsed = self.elapsed_seconds
+        agree_every = s.agree_every_steps if self.processes.distributed else 1
         with self._stop_on_signals():
-            while self._budget_left():
+            while True:
+                self._agree()
+                if not self._budget_left():
+                    break
                 self.model.train()
                 epoch, per_epoch = self.epochs_done + 1, len(self.batches)
                 epoch_start, session_steps = time.perf_counter(), 0
@@ -234,6 +282,9 @@ class Trainer:
                     bar.update(1)
                     if s.progress and session_steps % 50 == 0 and "loss" in self.sums:
                         bar.set_postfix(loss=f"{self.sums['loss'].item() / max(self.good_steps_in_epoch, 1):.1f}")
+                    if session_steps % agree_every:
+                        continue  # the processes decide to stop together, at the steps where they agree
+                    self._agree()
                     if self._stop_signal is not None:
                         bar.close()
                         self.save_last()
@@ -266,6 +317,20 @@ class Trainer:
         from tqdm.auto import tqdm
 
         s = self.settings
+        if self.processes.distributed and self.sums:
+            # Each process summed its own share of every batch; their mean is the global batch's figure.
+            import torch.distributed as dist
+
+            names = sorted(self.sums)
+            together = torch.stack([self.sums[name] for name in names])
+            dist.all_reduce(together)
+            self.sums = dict(zip(names, together / self.processes.world))
+        if not self.processes.is_main:  # rank 0 validates and writes; the others go on to the next epoch
+            self.epochs_done, self.step_in_epoch = epoch, 0
+            self.sums, self.good_steps_in_epoch = {}, 0
+            if hasattr(self.batches, "end_epoch"):
+                self.batches.end_epoch()
+            return
         self.evaluated_model.eval()
         with torch.no_grad():
             metrics = self.validate(self.evaluated_model)
@@ -389,7 +454,9 @@ class Trainer:
         self._saved_at = (self.epochs_done, self.steps)
 
     def save_last(self) -> None:
-        """Write last.pt atomically, then record it in checkpoints.json."""
+        """Write last.pt atomically, then record it in checkpoints.json (rank 0 only)."""
+        if not self.processes.is_main:
+            return
         save_checkpoint(self.run_dir / "last.pt", self.state_dict())
         self._saved_at = (self.epochs_done, self.steps)
         self._last_save = time.perf_counter()

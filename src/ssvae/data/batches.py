@@ -27,6 +27,11 @@ class Batch:
     # N_l / N: the labelled images' share of the data, which weighs the labelled bound against the
     # unlabelled one so that the objective is the paper's J divided by N, whatever the batch sizes.
     labelled_share: float
+    # Standard normal noise for the model's reparameterised samples, one row per image (B, width),
+    # drawn here rather than in the model so that an image's noise is the same however the batch is
+    # split between processes. None: the model draws its own.
+    labelled_noise: Tensor | None = None
+    unlabelled_noise: Tensor | None = None
 
 
 def to_inputs(images: Tensor, binarize: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -50,10 +55,18 @@ class SemiSupervisedBatches:
         Dynamic binarisation of every drawn batch.
     device : torch.device
     seed : int
+    noise_width : int
+        Standard normal numbers drawn per image and step for the model (its ``noise_width``); 0: none.
+    shard : (rank, world)
+        Distributed training: every process draws the same global batches, and this one keeps its
+        ``1/world`` share of each, both labelled and unlabelled (so both batch sizes must divide by
+        ``world``). The pixels' binarisation and the noise are drawn for the global batch first, so
+        that the processes together see exactly what one process would.
     """
 
     def __init__(self, images, labels, labelled_batch_size: int, unlabelled_batch_size: int,
-                 binarize: bool, device: torch.device, seed: int):
+                 binarize: bool, device: torch.device, seed: int, noise_width: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         labels = np.asarray(labels)
         self.images = torch.as_tensor(np.asarray(images), dtype=torch.uint8, device=device)
         self.labelled_index = torch.as_tensor(np.flatnonzero(labels >= 0), device=device)
@@ -66,6 +79,13 @@ class SemiSupervisedBatches:
                 f"--unlabelled-batch {unlabelled_batch_size} is larger than the "
                 f"{len(self.unlabelled_index)} unlabelled examples; use a smaller batch"
             )
+        rank, world = shard
+        for name, size in (("--labelled-batch", labelled_batch_size), ("--unlabelled-batch", unlabelled_batch_size)):
+            if size % world:
+                raise SsvaeError(f"{name} {size} does not split evenly over {world} processes; "
+                                 f"give a multiple of {world}")
+        self.shard = (rank, world)
+        self.noise_width = noise_width
         self.labelled_share = len(self.labelled_index) / len(labels)
         self.labelled_batch_size = labelled_batch_size
         self.unlabelled_batch_size = unlabelled_batch_size
@@ -111,11 +131,29 @@ class SemiSupervisedBatches:
                 unlabelled_x=to_inputs(self.images[u], self.binarize, g),
                 labelled_share=self.labelled_share,
             )
+            if self.noise_width:
+                batch.labelled_noise = torch.randn(len(l), self.noise_width, generator=g, device=g.device)
+                batch.unlabelled_noise = torch.randn(len(u), self.noise_width, generator=g, device=g.device)
+            if self.shard[1] > 1:
+                batch = self._share_of(batch)
             # Counted as consumed before it is handed out, so a checkpoint taken after the step
             # that used it resumes with the next one.
             self._position += 1
             yield batch
         self._epoch_order = None
+
+    def _share_of(self, batch: Batch) -> Batch:
+        """This process's rows of a global batch: the rank-th of ``world`` equal slices of each kind."""
+        rank, world = self.shard
+
+        def rows(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            size = len(t) // world
+            return t[rank * size:(rank + 1) * size]
+
+        return Batch(rows(batch.labelled_x), rows(batch.labelled_y), rows(batch.unlabelled_x),
+                     batch.labelled_share, rows(batch.labelled_noise), rows(batch.unlabelled_noise))
 
     def end_epoch(self) -> None:
         """Drop what is left of the current epoch (when a time budget cut it short)."""

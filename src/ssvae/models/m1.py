@@ -114,15 +114,22 @@ class M1(nn.Module):
         """The mean image of p(x|z): pixel probabilities, shape (batch, input_dim)."""
         return torch.sigmoid(self.decode(z)).float()
 
-    def sample_latent(self, x: Tensor) -> Tensor:
-        """One reparameterised draw of z ~ q(z|x)."""
-        mu, logvar = self.encode(x)
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    @property
+    def noise_width(self) -> int:
+        """Standard normal numbers one image needs per training step (one z), drawn by the batch sampler."""
+        return self.config.latent_dim
 
-    def terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def sample_latent(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        """One reparameterised draw of z ~ q(z|x), from ``noise`` (B, >= latent_dim) or afresh."""
+        mu, logvar = self.encode(x)
+        noise = torch.randn_like(mu) if noise is None else noise[:, :mu.shape[1]]
+        return mu + torch.exp(0.5 * logvar) * noise
+
+    def terms(self, x: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per image: -E_q[log p(x|z)] (one sample of z) and the analytic KL, each (batch,)."""
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        noise = torch.randn_like(mu) if noise is None else noise[:, :mu.shape[1]]
+        z = mu + torch.exp(0.5 * logvar) * noise
         logits = at_least_float32(self.decode(z))
         # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
         log_px = (x * logits).sum(-1) - F.softplus(logits).sum(-1)
@@ -134,9 +141,15 @@ class M1(nn.Module):
         reconstruction, kl = self.terms(x)
         return reconstruction + kl
 
+    def forward(self, batch):
+        """Calling the model computes its training objective, :meth:`loss`; this is what
+        DistributedDataParallel wraps to average the gradients over processes."""
+        return self.loss(batch)
+
     def loss(self, batch) -> M1Terms:
         """Mean -ELBO over every image of a batch; labels, if any, are not used."""
         x = torch.cat([batch.unlabelled_x, batch.labelled_x])
-        reconstruction, kl = self.terms(x)
+        noise = None if batch.unlabelled_noise is None else torch.cat([batch.unlabelled_noise, batch.labelled_noise])
+        reconstruction, kl = self.terms(x, noise)
         return M1Terms(loss=(reconstruction + self.kl_weight * kl).mean(),
                        reconstruction=reconstruction.mean().detach(), kl=kl.mean().detach())

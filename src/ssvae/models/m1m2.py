@@ -94,10 +94,16 @@ class M1M2(nn.Module):
         self.m1.eval()  # fixed, whatever the stage
         return self
 
+    @property
+    def noise_width(self) -> int:
+        """Noise per image and step: M1's z1 first, then M2's z2 for every class."""
+        return self.m1.noise_width + self.m2.noise_width
+
     @torch.no_grad()
-    def features(self, x: Tensor, sample: bool) -> Tensor:
-        """Active z1 of images ``x``: a draw from q(z1|x) when ``sample``, else its mean."""
-        z1 = self.m1.sample_latent(x) if sample else self.m1.encode(x)[0]
+    def features(self, x: Tensor, sample: bool, noise: Tensor | None = None) -> Tensor:
+        """Active z1 of images ``x``: a draw from q(z1|x) when ``sample`` (from ``noise`` if given),
+        else its mean."""
+        z1 = self.m1.sample_latent(x, noise) if sample else self.m1.encode(x)[0]
         return z1.index_select(-1, self.active).float()
 
     def classify(self, x: Tensor) -> Tensor:
@@ -124,12 +130,21 @@ class M1M2(nn.Module):
         z1[:, self.active] = self.m2.generate(z2, y)
         return self.m1.generate(z1)
 
+    def forward(self, batch):
+        """Calling the model computes its training objective, :meth:`loss`; this is what
+        DistributedDataParallel wraps to average the gradients over processes."""
+        return self.loss(batch)
+
     def loss(self, batch: Batch) -> M2Terms:
         """M2's objective on a fresh draw of z1 for every image of the batch."""
+        split = self.m1.noise_width
+        has_noise = batch.unlabelled_noise is not None
         features = Batch(
-            labelled_x=self.features(batch.labelled_x, sample=True),
+            labelled_x=self.features(batch.labelled_x, True, batch.labelled_noise if has_noise else None),
             labelled_y=batch.labelled_y,
-            unlabelled_x=self.features(batch.unlabelled_x, sample=True),
+            unlabelled_x=self.features(batch.unlabelled_x, True, batch.unlabelled_noise if has_noise else None),
             labelled_share=batch.labelled_share,
+            labelled_noise=batch.labelled_noise[:, split:] if has_noise else None,
+            unlabelled_noise=batch.unlabelled_noise[:, split:] if has_noise else None,
         )
         return self.m2.loss(features)

@@ -126,6 +126,13 @@ class M2(nn.Module):
         nn.init.uniform_(self.encoder_y, -bound, bound)
         nn.init.uniform_(self.decoder_y, -bound, bound)
 
+    @property
+    def noise_width(self) -> int:
+        """Standard normal numbers one image needs per training step: one z per class. The batch
+        sampler draws them (see :class:`~ssvae.data.batches.Batch`), so that an image's noise does
+        not depend on how a batch is split between processes."""
+        return self.config.num_classes * self.config.latent_dim
+
     # -- the pieces of the generative story ------------------------------------------------------
 
     def classify(self, x: Tensor) -> Tensor:
@@ -165,7 +172,8 @@ class M2(nn.Module):
 
     # -- bounds ----------------------------------------------------------------------------------
 
-    def bounds(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor) -> tuple[Tensor, Tensor]:
+    def bounds(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor,
+               labelled_noise: Tensor | None = None, unlabelled_noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """L(x,y) for every (image, class) pair a training step needs, in one pass.
 
         Returns ``(labelled, per_class)``: L(x,y) of each labelled image at its own class, shape
@@ -173,7 +181,9 @@ class M2(nn.Module):
 
         The pairs are stacked as rows, B_u*K for the unlabelled images then B_l for the labelled
         ones, so that each layer after the shared x-part is one matrix multiply for the whole step.
-        One reparameterised sample of z is drawn per row.
+        One reparameterised sample of z is drawn per row, from the given noise, (B, noise_width) per
+        image (class c of an unlabelled image takes columns c*Z..(c+1)*Z, a labelled image the
+        first Z), or afresh when none is given.
         """
         k, n_u = self.config.num_classes, unlabelled_x.shape[0]
         # First encoder layer: W_x x (once per image) + W_y[y] (one row of weights per class).
@@ -187,7 +197,12 @@ class M2(nn.Module):
             shared[n_u:] + onehot @ self.encoder_y,
         ])
         mu, logvar = at_least_float32(self.encoder_head(F.softplus(pre))).chunk(2, dim=-1)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        if unlabelled_noise is None:
+            noise = torch.randn_like(mu)
+        else:
+            z_dim = self.config.latent_dim
+            noise = torch.cat([unlabelled_noise.reshape(n_u * k, z_dim), labelled_noise[:, :z_dim]])
+        z = mu + torch.exp(0.5 * logvar) * noise
         # First decoder layer: W_z z + V_y[y], the y-part again one row per class.
         first = self.decoder_z(z)
         pre = torch.cat([
@@ -236,13 +251,19 @@ class M2(nn.Module):
         entropy = -(q * log_q).sum(-1)
         return (q * per_class).sum(-1) - entropy, entropy
 
+    def forward(self, batch):
+        """Calling the model computes its training objective, :meth:`loss`; this is what
+        DistributedDataParallel wraps to average the gradients over processes."""
+        return self.loss(batch)
+
     def loss(self, batch) -> M2Terms:
         """The training objective J on one :class:`~ssvae.data.batches.Batch` (see module docstring).
 
         The classifier and every bound run once over the labelled and unlabelled images together.
         """
         n_u = batch.unlabelled_x.shape[0]
-        labelled, per_class = self.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x)
+        labelled, per_class = self.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+                                          batch.labelled_noise, batch.unlabelled_noise)
         class_logits = at_least_float32(self.classify(torch.cat([batch.unlabelled_x, batch.labelled_x])))
         unlabelled, entropy = self._sum_out_classes(per_class, class_logits[:n_u])
         classification = F.cross_entropy(class_logits[n_u:], batch.labelled_y)
