@@ -92,7 +92,7 @@ def measure_step(data, labelled_batch: int, unlabelled_batch: int, device, use_b
     warmup = time.perf_counter() - warm_start
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        terms = trainer.step(next(stream))
+        terms, _ = trainer.step(next(stream))
         steps += 1
     terms.loss.item()  # wait for the device
     elapsed = time.perf_counter() - start

@@ -122,11 +122,10 @@ def train(config: TrainConfig, run_dir: Path, overwrite: bool = False, progress:
     if not processes.is_main:
         log, progress = (lambda *args, **kwargs: None), False
     device = start_processes(processes, resolve_device(config.device))
-    try:
-        return _train(config, run_dir, overwrite, progress, log, resume, labelled if resume else None,
-                      processes, device)
-    finally:
-        stop_processes(processes)
+    result = _train(config, run_dir, overwrite, progress, log, resume, labelled if resume else None,
+                    processes, device)
+    stop_processes(processes)
+    return result
 
 
 def _train(config: TrainConfig, run_dir: Path, overwrite: bool, progress: bool, log, resume: bool,

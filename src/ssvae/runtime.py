@@ -124,12 +124,14 @@ def start_processes(processes: Processes, device: torch.device) -> torch.device:
 
 
 def stop_processes(processes: Processes) -> None:
-    """Leave the process group, so that every process exits cleanly rather than in the middle of
-    the communication library's teardown."""
+    """At the end of a run: wait until rank 0 has written its last file, then leave the process
+    group together. A process that left (or exited) while another still used the group could be
+    aborted in the communication library's teardown."""
     if processes.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

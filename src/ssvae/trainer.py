@@ -126,9 +126,13 @@ class Trainer:
         self.step_in_epoch = 0  # steps taken in the epoch after epochs_done
         self.steps = 0
         self.sums: dict[str, torch.Tensor] = {}  # per-term sums over the epoch's good steps
-        self.good_steps_in_epoch = 0
-        self.skipped_steps = 0  # non-finite steps over the whole run
-        self.bad_in_a_row = 0
+        # Counts kept on the device (no host sync per step): good steps in this epoch, skipped steps
+        # over the run, the current and the longest run of skipped steps in a row.
+        device = settings.device
+        self.good_steps_in_epoch = torch.zeros((), dtype=torch.long, device=device)
+        self._skipped = torch.zeros((), dtype=torch.long, device=device)
+        self._bad_in_a_row = torch.zeros((), dtype=torch.long, device=device)
+        self._longest_bad = torch.zeros((), dtype=torch.long, device=device)
         self.elapsed_seconds = 0.0  # training time of earlier sessions of this run
         self._agreed_elapsed = 0.0  # with several processes: the time they last agreed on
         self._session_start: float | None = None  # when fit() began in this process
@@ -139,42 +143,52 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------------
 
     def step(self, batch):
-        """One optimiser step on ``batch``; returns the loss terms, or None if the step was skipped
-        because its loss or gradient was not finite."""
+        """One optimiser step on ``batch``. Returns the loss terms and a boolean tensor that says
+        whether the step was taken: a step whose loss or gradient is not finite is skipped.
+
+        Nothing here waits for the device: the skip happens inside Adam's fused kernel (its
+        ``found_inf`` input, the one mixed-precision loss scaling uses), and the counts of skipped
+        steps stay on the device until the loop looks at them (see :meth:`_check_divergence`)."""
         with autocast(self.settings.device, self.settings.bf16):
             terms = self.loss_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         grads = [p.grad for p in self.trained if p.grad is not None]
-        # One host sync per step: free on CPU, where every op has already run.
         finite = torch.isfinite(torch.nn.utils.get_total_norm(grads))
         if not self.processes.distributed:
             finite &= torch.isfinite(terms.loss)
         # With several processes the decision rests on the gradients alone: they are averaged, so
         # every process sees the same ones and decides alike (a non-finite loss anywhere makes
         # them non-finite everywhere); each process's own loss would split the model copies apart.
-        if not bool(finite):
-            self._skip(terms)
-            return None
-        self.bad_in_a_row = 0
+        self.optimizer.found_inf = (~finite).float()
         self.optimizer.step()
         if self.averaged is not None:
+            # On a skipped step the live weights did not move, so the average moves toward finite
+            # weights all the same.
             self._update_average()
-        return terms
+        bad = (~finite).long()
+        self._skipped = self._skipped + bad
+        self._bad_in_a_row = (self._bad_in_a_row + 1) * bad
+        self._longest_bad = torch.maximum(self._longest_bad, self._bad_in_a_row)
+        return terms, finite
 
-    def _skip(self, terms) -> None:
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite loss or gradient, over the whole run."""
+        return int(self._skipped)
+
+    def _check_divergence(self, terms) -> None:
+        """Stop the run once ``max_bad_steps`` steps in a row were skipped (a host sync)."""
+        if int(self._longest_bad) < self.settings.max_bad_steps:
+            return
         self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps += 1
-        self.bad_in_a_row += 1
-        if self.bad_in_a_row >= self.settings.max_bad_steps:
-            named = ", ".join(f"{f.name} {getattr(terms, f.name).item():.4g}" for f in fields(terms))
-            where = (f"{self.run_dir / 'last.pt'} (epoch {self._saved_at[0]}, step {self._saved_at[1]})"
-                     if self._saved_at else "none yet")
-            raise TrainingDiverged(
-                f"training diverged: {self.bad_in_a_row} steps in a row had a non-finite loss or gradient, "
-                f"the last at step {self.steps + 1} ({named}); last good checkpoint: {where}. "
-                f"Try a lower --lr"
-            )
+        named = ", ".join(f"{f.name} {getattr(terms, f.name).item():.4g}" for f in fields(terms))
+        where = (f"{self.run_dir / 'last.pt'} (epoch {self._saved_at[0]}, step {self._saved_at[1]})"
+                 if self._saved_at else "none yet")
+        raise TrainingDiverged(
+            f"training diverged: {int(self._longest_bad)} steps in a row had a non-finite loss or gradient, "
+            f"the last at step {self.steps} ({named}); last good checkpoint: {where}. Try a lower --lr"
+        )
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -254,7 +268,11 @@ class Trainer:
         self._session_start = time.perf_counter()
         self._last_save = time.perf_counter()
         self._agreed_elapsed = self.elapsed_seconds
-        agree_every = s.agree_every_steps if self.processes.distributed else 1
+        # How often the loop looks at the device's counts and, with several processes, agrees on
+        # when to stop: every step on one CPU, where it costs nothing; else every few steps, so that
+        # a GPU is not made to wait for the host after every step.
+        one_cpu = not self.processes.distributed and s.device.type == "cpu"
+        check_every = 1 if one_cpu else s.agree_every_steps
         with self._stop_on_signals():
             while True:
                 self._agree()
@@ -269,21 +287,22 @@ class Trainer:
                     self._set_learning_rate()
                     if self._at_step is not None:
                         self._at_step(self.steps)
-                    terms = self.step(batch)
-                    if terms is not None:
-                        # Accumulate on the device: no host sync inside the epoch but the progress bar's.
-                        for f in fields(terms):
-                            value = getattr(terms, f.name).detach().float()
-                            self.sums[f.name] = self.sums[f.name] + value if f.name in self.sums else value
-                        self.good_steps_in_epoch += 1
+                    terms, finite = self.step(batch)
+                    # Accumulate the good steps' terms on the device: no host sync inside the epoch
+                    # but the progress bar's and the divergence check's.
+                    for f in fields(terms):
+                        value = torch.where(finite, getattr(terms, f.name).detach().float(), 0.0)
+                        self.sums[f.name] = self.sums[f.name] + value if f.name in self.sums else value
+                    self.good_steps_in_epoch = self.good_steps_in_epoch + finite.long()
                     self.step_in_epoch += 1
                     self.steps += 1
                     session_steps += 1
                     bar.update(1)
                     if s.progress and session_steps % 50 == 0 and "loss" in self.sums:
-                        bar.set_postfix(loss=f"{self.sums['loss'].item() / max(self.good_steps_in_epoch, 1):.1f}")
-                    if session_steps % agree_every:
-                        continue  # the processes decide to stop together, at the steps where they agree
+                        bar.set_postfix(loss=f"{self.sums['loss'].item() / max(int(self.good_steps_in_epoch), 1):.1f}")
+                    if session_steps % check_every:
+                        continue
+                    self._check_divergence(terms)
                     self._agree()
                     if self._stop_signal is not None:
                         bar.close()
@@ -327,7 +346,7 @@ class Trainer:
             self.sums = dict(zip(names, together / self.processes.world))
         if not self.processes.is_main:  # rank 0 validates and writes; the others go on to the next epoch
             self.epochs_done, self.step_in_epoch = epoch, 0
-            self.sums, self.good_steps_in_epoch = {}, 0
+            self.sums, self.good_steps_in_epoch = {}, torch.zeros_like(self.good_steps_in_epoch)
             if hasattr(self.batches, "end_epoch"):
                 self.batches.end_epoch()
             return
@@ -340,12 +359,12 @@ class Trainer:
             "minutes": self._elapsed() / 60,
             "images_per_second": images_per_second,
             "skipped_steps": self.skipped_steps,
-            **{name: (value / max(self.good_steps_in_epoch, 1)).item() for name, value in self.sums.items()},
+            **{name: (value / self.good_steps_in_epoch.clamp(min=1)).item() for name, value in self.sums.items()},
             **metrics,
         }
         self.history.append(record)
         self.epochs_done, self.step_in_epoch = epoch, 0
-        self.sums, self.good_steps_in_epoch = {}, 0
+        self.sums, self.good_steps_in_epoch = {}, torch.zeros_like(self.good_steps_in_epoch)
         if hasattr(self.batches, "end_epoch"):
             self.batches.end_epoch()
         self._write_metrics()
@@ -411,9 +430,9 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "steps": self.steps,
             "sums": dict(self.sums),
-            "good_steps_in_epoch": self.good_steps_in_epoch,
+            "good_steps_in_epoch": int(self.good_steps_in_epoch),
             "skipped_steps": self.skipped_steps,
-            "bad_in_a_row": self.bad_in_a_row,
+            "bad_in_a_row": int(self._bad_in_a_row),
             "elapsed_seconds": self._elapsed(),
             "history": self.history,
             "best": {"value": self.best_value, "epoch": self.best_epoch, "metrics": self.best_metrics},
@@ -436,8 +455,9 @@ class Trainer:
         self.epochs_done, self.step_in_epoch, self.steps = state["epochs_done"], state["step_in_epoch"], state["steps"]
         device = self.settings.device
         self.sums = {name: value.to(device) for name, value in state["sums"].items()}
-        self.good_steps_in_epoch = state["good_steps_in_epoch"]
-        self.skipped_steps, self.bad_in_a_row = state["skipped_steps"], state["bad_in_a_row"]
+        counts = (state["good_steps_in_epoch"], state["skipped_steps"], state["bad_in_a_row"], state["bad_in_a_row"])
+        self.good_steps_in_epoch, self._skipped, self._bad_in_a_row, self._longest_bad = (
+            torch.tensor(count, dtype=torch.long, device=device) for count in counts)
         self.elapsed_seconds = state["elapsed_seconds"]
         self.history = list(state["history"])
         best = state["best"]
