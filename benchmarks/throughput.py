@@ -1,4 +1,4 @@
-"""How fast is M2's training step, against what this machine's matrix multiplies can do?
+"""How fast are the training steps of M2 and of M1+M2, against what this machine's matrix multiplies can do?
 
 Measures, in one process and one run:
 
@@ -6,10 +6,11 @@ Measures, in one process and one run:
   uses (bf16 where native, else float32), in GFLOP/s;
 * unlabelled images per second of the real training step (the trainer's own ``step``: forward,
   backward and Adam, all K classes enumerated), on real MNIST batches;
-* the step's useful rate in GFLOP/s, from the multiply-adds of every linear layer (forward, the
-  weight gradients, and the input gradients that backpropagation needs), and its ratio to the matmul rate.
+* the step's useful rate in GFLOP/s, from the matrix multiplies of one step (forward and backward,
+  counted by torch.utils.flop_counter), and its ratio to the matmul rate.
 
-    python benchmarks/throughput.py [--seconds 20] [--unlabelled-batch 50 200 500] [--compile on|off]
+    python benchmarks/throughput.py [--model m2 m1m2] [--seconds 20] [--unlabelled-batch 50 200 500]
+                                    [--compile on|off] [--device auto|cpu|cuda]
 
 The first unlabelled batch size is the one ``ssvae train`` uses by default; larger ones show how
 much of the machine the same step uses when per-step overheads are spread over more images.
@@ -33,25 +34,33 @@ from ssvae.config import TrainConfig
 from ssvae.data.batches import SemiSupervisedBatches
 from ssvae.data.labels import balanced_label_split, partial_labels
 from ssvae.data.mnist import load_mnist
+from ssvae.models.m1 import M1Config
+from ssvae.models.m1m2 import STACKED_M2_DEFAULTS, M1M2, M1M2Config
 from ssvae.models.m2 import M2, M2Config
 from ssvae.runtime import bf16_supported, resolve_device, seed_everything, set_threads
 from ssvae.trainer import Trainer, TrainerSettings
 
 
-def step_flops(c: M2Config, labelled: int, unlabelled: int) -> float:
-    """Floating-point operations of the linear layers in one training step (2 per multiply-add)."""
-    d, h, hc, z, k = c.input_dim, c.hidden_dim, c.classifier_hidden_dim, c.latent_dim, c.num_classes
-    rows = unlabelled * k + labelled  # (image, class) pairs through the encoder heads and decoder
-    classified = unlabelled + labelled
-    # (multiply-adds of the forward pass, whether the layer's input needs a gradient)
-    layers = [
-        (classified * d * hc, False), (classified * hc * k, True),  # classifier
-        (classified * d * h, False),  # encoder x-part, computed once per image
-        (rows * h * 2 * z, True), (rows * z * h, True), (rows * h * d, True),  # encoder head, decoder
-    ]
-    forward = sum(m for m, _ in layers)
-    backward = sum(m for m, _ in layers) + sum(m for m, needs_input_grad in layers if needs_input_grad)
-    return 2.0 * (forward + backward)
+def step_flops(model, batch) -> float:
+    """Floating-point operations of the matrix multiplies in one training step (forward and
+    backward), counted by PyTorch's own FlopCounterMode on a real batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model.loss(batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def build(name: str, data, device):
+    """The model whose step is timed. M1+M2's M1 is freshly initialised (its weights do not change
+    the step's cost) and its first 15 latent dimensions play the active ones, as after 12 minutes
+    of M1 training on MNIST."""
+    if name == "m2":
+        return M2(M2Config())
+    m1_config = M1Config()
+    m2_config = M2Config(**{**STACKED_M2_DEFAULTS, "input_dim": 15})
+    return M1M2(M1M2Config(m1=m1_config, m2=m2_config, active_dims=tuple(range(15))))
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 3.0) -> float:
@@ -68,15 +77,16 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds
     return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def measure_step(data, labelled_batch: int, unlabelled_batch: int, device, use_bf16: bool, compile_: bool,
-                 seconds: float) -> dict:
+def measure_step(name: str, data, labelled_batch: int, unlabelled_batch: int, device, use_bf16: bool,
+                 compile_: bool, seconds: float) -> dict:
     """Time the trainer's own step on real MNIST batches; returns images/s and GFLOP/s."""
     seed_everything(0)
     labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
-    model = M2(M2Config())
+    model = build(name, data, device)
     batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
                                     labelled_batch, unlabelled_batch, TrainConfig().binarize, device, seed=0,
                                     noise_width=model.noise_width)
+    flops = step_flops(model.to(device), next(iter(batches)))
     settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
                                compile=compile_, progress=False)
     trainer = Trainer(model, batches, lambda m: {}, Path("."), settings)
@@ -98,10 +108,10 @@ def measure_step(data, labelled_batch: int, unlabelled_batch: int, device, use_b
     elapsed = time.perf_counter() - start
     images_per_s = steps * unlabelled_batch / elapsed
     return {
-        "labelled_batch": labelled_batch, "unlabelled_batch": unlabelled_batch, "warmup_seconds": warmup,
+        "model": name, "labelled_batch": labelled_batch, "unlabelled_batch": unlabelled_batch, "warmup_seconds": warmup,
         "timed_steps": steps, "timed_seconds": elapsed, "unlabelled_images_per_second": images_per_s,
         "seconds_per_epoch_50k": 50_000 / images_per_s,
-        "step_gflop_per_s": step_flops(model.config, labelled_batch, unlabelled_batch) * steps / elapsed / 1e9,
+        "step_gflop": flops / 1e9, "step_gflop_per_s": flops * steps / elapsed / 1e9,
     }
 
 
@@ -109,6 +119,8 @@ def main() -> None:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds of training steps per batch size")
+    parser.add_argument("--model", nargs="+", choices=("m2", "m1m2"), default=["m2", "m1m2"],
+                        help="m1m2 times the M2 stage of M1+M2 (M1 frozen, its encoder run every step)")
     parser.add_argument("--labelled-batch", type=int, default=defaults.labelled_batch_size)
     parser.add_argument("--unlabelled-batch", type=int, nargs="+",
                         default=[defaults.unlabelled_batch_size, 200, 500])
@@ -126,8 +138,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     data = load_mnist()
-    rows = [measure_step(data, args.labelled_batch, b, device, use_bf16, args.compile == "on", args.seconds)
-            for b in args.unlabelled_batch]
+    rows = [measure_step(name, data, args.labelled_batch, b, device, use_bf16, args.compile == "on", args.seconds)
+            for name in args.model for b in args.unlabelled_batch]
     peak = matmul_rate(dtype, device)
     for row in rows:
         row["ratio_to_matmul"] = row["step_gflop_per_s"] / peak
@@ -138,12 +150,12 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"M2 training step on {device} ({threads or '-'} threads, {result['dtype']}, compile {args.compile}, "
+    print(f"Training steps on {device} ({threads or '-'} threads, {result['dtype']}, compile {args.compile}, "
           f"load average before {load:.2f}); matmul {peak:.0f} GFLOP/s in {result['dtype']}")
-    print("| labelled + unlabelled batch | unlabelled images/s | s per 50k epoch | step GFLOP/s | of matmul rate |")
-    print("|---|---|---|---|---|")
+    print("| model | labelled + unlabelled batch | unlabelled images/s | s per 50k epoch | step GFLOP/s | of matmul rate |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['labelled_batch']} + {r['unlabelled_batch']} | {r['unlabelled_images_per_second']:.0f} | "
+        print(f"| {r['model']} | {r['labelled_batch']} + {r['unlabelled_batch']} | {r['unlabelled_images_per_second']:.0f} | "
               f"{r['seconds_per_epoch_50k']:.2f} | {r['step_gflop_per_s']:.0f} | {r['ratio_to_matmul']:.0%} |")
     print(f"wrote {args.out}")
 
