@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tables import print_table, write_json
+
 
 def run(processes: int, args) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
@@ -64,16 +66,13 @@ def main() -> None:
         row["speed_up"] = row["unlabelled_images_per_second"] / base
     result = {"device": args.device, "cores": os.cpu_count(), "load_average_before": load,
               "global_batch": f"{args.labelled_batch} + {args.unlabelled_batch}", "compile": args.compile, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"M2 under torchrun on {args.device} ({os.cpu_count()} cores), global batch "
           f"{args.labelled_batch} + {args.unlabelled_batch}, compile {args.compile}, load average before {load:.2f}")
-    print("| processes | unlabelled images/s | speed-up | validation accuracy after "
-          f"{args.epochs} epochs | wall s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['processes']} | {r['unlabelled_images_per_second']:.0f} | {r['speed_up']:.2f}x | "
-              f"{r['val_accuracy']:.4f} | {r['wall_seconds']:.0f} |")
+    print_table(["processes", "unlabelled images/s", "speed-up", f"validation accuracy after {args.epochs} epochs",
+                 "wall s"],
+                [[str(r["processes"]), f"{r['unlabelled_images_per_second']:.0f}", f"{r['speed_up']:.2f}x",
+                  f"{r['val_accuracy']:.4f}", f"{r['wall_seconds']:.0f}"] for r in rows])
     print(f"wrote {args.out}")
 
 

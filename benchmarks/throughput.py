@@ -22,13 +22,13 @@ the load average it ran under is printed beside the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+from tables import print_table, write_json
 
 from ssvae.config import TrainConfig
 from ssvae.data.batches import SemiSupervisedBatches
@@ -148,15 +148,14 @@ def main() -> None:
         "load_average_before": load, "dtype": str(dtype).replace("torch.", ""), "compile": args.compile,
         "matmul_gflop_per_s": peak, "steps": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"Training steps on {device} ({threads or '-'} threads, {result['dtype']}, compile {args.compile}, "
           f"load average before {load:.2f}); matmul {peak:.0f} GFLOP/s in {result['dtype']}")
-    print("| model | labelled + unlabelled batch | unlabelled images/s | s per 50k epoch | step GFLOP/s | of matmul rate |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['labelled_batch']} + {r['unlabelled_batch']} | {r['unlabelled_images_per_second']:.0f} | "
-              f"{r['seconds_per_epoch_50k']:.2f} | {r['step_gflop_per_s']:.0f} | {r['ratio_to_matmul']:.0%} |")
+    print_table(["model", "labelled + unlabelled batch", "unlabelled images/s", "s per 50k epoch", "step GFLOP/s",
+                 "of matmul rate"],
+                [[r["model"], f"{r['labelled_batch']} + {r['unlabelled_batch']}",
+                  f"{r['unlabelled_images_per_second']:.0f}", f"{r['seconds_per_epoch_50k']:.2f}",
+                  f"{r['step_gflop_per_s']:.0f}", f"{r['ratio_to_matmul']:.0%}"] for r in rows])
     print(f"wrote {args.out}")
 
 

@@ -22,7 +22,6 @@ Prints a table and writes benchmarks/results/versus_pyro.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from ssvae.experiment import train  # noqa: E402
 from ssvae.models.m2 import M2, M2Config  # noqa: E402
 from ssvae.runtime import bf16_supported, seed_everything, set_threads  # noqa: E402
 from ssvae.trainer import Trainer, TrainerSettings  # noqa: E402
+from tables import print_table, write_json  # noqa: E402
 
 LABELS = 100
 
@@ -153,15 +153,12 @@ def main() -> None:
         race = {"minutes": args.minutes, "ssvae": ssvae_accuracy(args.minutes), "pyro": pyro_accuracy(data, args.minutes)}
     result = {"threads": threads, "load_average_before": load, "torch": torch.__version__,
               "pyro": pyro.__version__, "speed": speed, "accuracy_after_same_minutes": race}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"M2, 100 labels, {threads} threads, torch {torch.__version__}, pyro {pyro.__version__}, "
           f"load average before {load:.2f}")
-    print("| unlabelled batch | ssvae images/s | Pyro images/s | ssvae / Pyro |")
-    print("|---|---|---|---|")
-    for row in speed:
-        print(f"| {row['batch']} | {row['ssvae_images_per_second']:.0f} | {row['pyro_images_per_second']:.0f} | "
-              f"{row['ratio']:.1f}x |")
+    print_table(["unlabelled batch", "ssvae images/s", "Pyro images/s", "ssvae / Pyro"],
+                [[str(row["batch"]), f"{row['ssvae_images_per_second']:.0f}", f"{row['pyro_images_per_second']:.0f}",
+                  f"{row['ratio']:.1f}x"] for row in speed])
     if race:
         print(f"\nafter {args.minutes:g} minutes each: ssvae validation {race['ssvae']['val_accuracy']:.4f} "
               f"(test {race['ssvae']['test_accuracy']:.4f}), Pyro validation {race['pyro']['val_accuracy']:.4f}")
