@@ -1,0 +1,248 @@
+"""Auxiliary deep generative models (Maaløe et al. 2016): ADGM and its skip variant SDGM.
+
+M2 with an auxiliary variable a that makes the inference model richer. Generative story, for one
+image x with class y, style z and auxiliary a::
+
+    p(y)          = Cat(1/K)
+    p(z)          = Normal(0, I)
+    ADGM:  p(x|y,z)   = Bernoulli(sigmoid(decoder(y, z)))        # the image, as in M2
+           p(a|x,y,z) = Normal(mean, diag exp(logvar))          # a, generated after the image
+    SDGM:  p(a|y,z)   = Normal(mean, diag exp(logvar))          # a generated first ...
+           p(x|a,y,z) = Bernoulli(sigmoid(decoder(a, y, z)))     # ... and the image from it too
+
+Inference networks, the same for both::
+
+    q(a|x)        = Normal(mean(x), diag exp(logvar(x)))
+    q(y|a,x)      = Cat(softmax(classifier(a, x)))               # the classifier we are after
+    q(z|a,x,y)    = Normal(mean(a, x, y), diag exp(logvar(a, x, y)))
+
+With a drawn once per image from q(a|x), the bounds are M2's with two more terms, in nats (L and
+U are negative lower bounds, lower is better)::
+
+    -L(x,y) = E_q[log p(x|..) + log p(y) + log p(a|..) - log q(a|x)] - KL(q(z|a,x,y) || p(z))
+    -U(x)   = E_q(a|x)[ sum_y q(y|a,x) (-L(x,y,a)) + H(q(y|a,x)) ]
+    J       = (N_l/N) mean L + (N_u/N) mean U + alpha * mean_labelled[-log q(y|a,x)]
+
+log p(a|..) - log q(a|x) has no closed form (p(a|..) depends on z): it is estimated from the one
+sample of a. The KL of z is analytic. As in M2, y is summed out exactly: every network input that
+does not depend on y (x, a) passes the first layer once per image, and each class adds its own
+row of weights, so one step is one pass over all (image, class) pairs.
+
+At test time q(y|a,x) is averaged over ``eval_samples`` draws of a from q(a|x), since a single
+draw makes the classifier noisy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .m2 import M2Terms, at_least_float32
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class AuxiliaryConfig:
+    """Architecture of ADGM (``skip=False``) or SDGM (``skip=True``)."""
+
+    input_dim: int = 784
+    num_classes: int = 10
+    latent_dim: int = 100
+    aux_dim: int = 100
+    hidden_dims: tuple[int, ...] = (500, 500)
+    alpha: float = 3.0  # weight of the labelled cross-entropy, relative to the per-image bounds
+    skip: bool = False  # SDGM: a is generated, and the image from it
+    likelihood: str = "bernoulli"
+    eval_samples: int = 10  # draws of a over which q(y|a,x) is averaged to classify
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+
+    def validate(self) -> None:
+        from ..errors import SsvaeError
+
+        for name in ("input_dim", "latent_dim", "aux_dim", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise SsvaeError(f"auxiliary model: {name} must be a positive integer, got {getattr(self, name)}")
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise SsvaeError(f"auxiliary model: hidden_dims must be positive sizes, got {self.hidden_dims}")
+        if self.num_classes < 2:
+            raise SsvaeError(f"auxiliary model: needs at least 2 classes, got {self.num_classes}")
+        if not self.alpha >= 0:
+            raise SsvaeError(f"auxiliary model: alpha must be a non-negative number, got {self.alpha}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise SsvaeError(f"auxiliary model: likelihood must be bernoulli or gaussian, got {self.likelihood}")
+
+
+class SplitMLP(nn.Module):
+    """An MLP whose first layer is a sum of named parts, so that the parts that do not depend on the
+    class are computed once per image and broadcast over the classes.
+
+    ``parts`` maps input names to widths; the name ``"y"`` is a class index, whose part is one
+    row of weights per class (a one-hot input through a linear layer)."""
+
+    def __init__(self, parts: dict[str, int], hidden: tuple[int, ...], out: int, num_classes: int):
+        super().__init__()
+        first = hidden[0]
+        self.parts = nn.ModuleDict({name: nn.Linear(width, first, bias=False) for name, width in parts.items()
+                                    if name != "y"})
+        self.bias = nn.Parameter(torch.zeros(first))
+        self.class_rows = nn.Parameter(torch.empty(num_classes, first)) if "y" in parts else None
+        if self.class_rows is not None:
+            bound = 1.0 / math.sqrt(num_classes)
+            nn.init.uniform_(self.class_rows, -bound, bound)
+        sizes = [*hidden, out]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Softplus(), nn.Linear(a, b)]
+        self.rest = nn.Sequential(*layers)
+
+    def first(self, **inputs: Tensor) -> Tensor:
+        """The first layer's pre-activation from the non-class inputs given (each (..., width))."""
+        total = self.bias
+        for name, value in inputs.items():
+            total = total + self.parts[name](value)
+        return total
+
+    def forward(self, pre: Tensor) -> Tensor:
+        return self.rest(pre)
+
+
+def gaussian_log_density(value: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """log Normal(value | mean, diag exp(logvar)), summed over the last dimension."""
+    return -0.5 * ((value - mean).square() * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+class AuxiliaryDGM(nn.Module):
+    """ADGM or SDGM (see the module's story). Inputs ``x`` are pixels in [0, 1], (batch, input_dim)."""
+
+    latent_name = "style z of q(z|a,x,y)"
+
+    def __init__(self, config: AuxiliaryConfig = AuxiliaryConfig()):
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        d, k, z, a, h = c.input_dim, c.num_classes, c.latent_dim, c.aux_dim, c.hidden_dims
+        out = d if c.likelihood == "bernoulli" else 2 * d
+        self.aux_encoder = SplitMLP({"x": d}, h, 2 * a, k)  # q(a|x)
+        self.classifier = SplitMLP({"x": d, "a": a}, h, k, k)  # q(y|a,x)
+        self.encoder = SplitMLP({"x": d, "a": a, "y": k}, h, 2 * z, k)  # q(z|a,x,y)
+        if c.skip:
+            self.aux_decoder = SplitMLP({"z": z, "y": k}, h, 2 * a, k)  # p(a|y,z)
+            self.decoder = SplitMLP({"z": z, "a": a, "y": k}, h, out, k)  # p(x|a,y,z)
+        else:
+            self.aux_decoder = SplitMLP({"x": d, "z": z, "y": k}, h, 2 * a, k)  # p(a|x,y,z)
+            self.decoder = SplitMLP({"z": z, "y": k}, h, out, k)  # p(x|y,z)
+
+    @property
+    def noise_width(self) -> int:
+        """Noise per image and step: one a, then one z per class."""
+        return self.config.aux_dim + self.config.num_classes * self.config.latent_dim
+
+    # -- the pieces of the story -------------------------------------------------------------------
+
+    def aux_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(a|x)."""
+        out = at_least_float32(self.aux_encoder(self.aux_encoder.first(x=x)))
+        return out.chunk(2, dim=-1)
+
+    def class_logits(self, x: Tensor, a: Tensor) -> Tensor:
+        """Logits of q(y|a,x)."""
+        return self.classifier(self.classifier.first(x=x, a=a))
+
+    def classify(self, x: Tensor) -> Tensor:
+        """log of q(y|a,x) averaged over ``eval_samples`` draws of a ~ q(a|x), a fixed set of draws
+        (the same for every call), so that validation figures do not jitter."""
+        mean, logvar = self.aux_posterior(x)
+        s = self.config.eval_samples
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        noise = torch.randn((s, *mean.shape), generator=generator, device=x.device, dtype=mean.dtype)
+        a = mean + torch.exp(0.5 * logvar) * noise  # (S, B, A)
+        log_q = F.log_softmax(at_least_float32(self.class_logits(x.unsqueeze(0).expand(s, -1, -1), a)), dim=-1)
+        return torch.logsumexp(log_q, dim=0) - math.log(s)
+
+    # -- bounds ------------------------------------------------------------------------------------
+
+    def bounds(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor,
+               labelled_noise: Tensor | None = None, unlabelled_noise: Tensor | None = None):
+        """-L(x,y,a) for every (image, class) pair a step needs, and what U needs besides.
+
+        Returns ``(labelled, per_class, class_logits)``: -L of each labelled image at its class (B_l,),
+        of each unlabelled image at every class (B_u, K), and the logits of q(y|a,x) of all images,
+        unlabelled first (B_u + B_l, K), for the same draw of a. Rows are laid out as in M2: B_u*K
+        rows for the unlabelled images (row b*K + c), then B_l rows for the labelled ones."""
+        c = self.config
+        k, n_u, n_l = c.num_classes, unlabelled_x.shape[0], labelled_x.shape[0]
+        x = torch.cat([unlabelled_x, labelled_x])
+        if unlabelled_noise is None:
+            noise = torch.randn(n_u + n_l, self.noise_width, device=x.device, dtype=x.dtype)
+        else:
+            noise = torch.cat([unlabelled_noise, labelled_noise])
+        a_noise, z_noise = noise[:, :c.aux_dim], noise[:, c.aux_dim:]
+
+        a_mean, a_logvar = self.aux_posterior(x)
+        a = a_mean + torch.exp(0.5 * a_logvar) * a_noise  # one draw per image
+        log_qa = gaussian_log_density(a, a_mean, a_logvar)
+        class_logits = at_least_float32(self.class_logits(x, a))
+
+        # Every row's image index, and its class: (b, c) for the unlabelled rows, (b, y_b) after.
+        image_of_row = torch.cat([torch.arange(n_u, device=x.device).repeat_interleave(k),
+                                  torch.arange(n_u, n_u + n_l, device=x.device)])
+        onehot = torch.cat([torch.eye(k, device=x.device, dtype=x.dtype).repeat(n_u, 1),
+                            F.one_hot(labelled_y, k).to(x.dtype)])
+
+        def with_class(network: SplitMLP, per_image: Tensor) -> Tensor:
+            # Each row: its image's class-free part, plus its class's row of weights.
+            return per_image[image_of_row] + onehot.to(per_image.dtype) @ network.class_rows
+
+        z_noise = torch.cat([z_noise[:n_u].reshape(n_u * k, c.latent_dim), z_noise[n_u:, :c.latent_dim]])
+        z_out = at_least_float32(self.encoder(with_class(self.encoder, self.encoder.first(x=x, a=a))))
+        z_mean, z_logvar = z_out.chunk(2, dim=-1)
+        z = z_mean + torch.exp(0.5 * z_logvar) * z_noise
+        kl_z = 0.5 * (z_mean.square() + z_logvar.exp() - 1.0 - z_logvar).sum(-1)
+
+        a_rows = a[image_of_row]
+        if c.skip:
+            p_a = self.aux_decoder(self.aux_decoder.first(z=z) + onehot @ self.aux_decoder.class_rows)
+            decoded = self.decoder(self.decoder.first(z=z, a=a_rows) + onehot @ self.decoder.class_rows)
+        else:
+            p_a = self.aux_decoder(with_class(self.aux_decoder, self.aux_decoder.first(x=x))
+                                   + self.aux_decoder.parts["z"](z))
+            decoded = self.decoder(self.decoder.first(z=z) + onehot @ self.decoder.class_rows)
+        pa_mean, pa_logvar = at_least_float32(p_a).chunk(2, dim=-1)
+        log_pa = gaussian_log_density(a_rows, pa_mean, pa_logvar)
+        log_px = self._log_likelihood(x[image_of_row], at_least_float32(decoded))
+
+        negative = -(log_px - math.log(k) + log_pa - log_qa[image_of_row] - kl_z)
+        return negative[n_u * k:], negative[:n_u * k].view(n_u, k), class_logits
+
+    def _log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
+        if self.config.likelihood == "bernoulli":
+            return (x * out - F.softplus(out)).sum(-1)
+        mean, logvar = out.chunk(2, dim=-1)
+        return gaussian_log_density(x, mean, logvar)
+
+    def forward(self, batch):
+        """Calling the model computes its training objective (what DDP wraps)."""
+        return self.loss(batch)
+
+    def loss(self, batch) -> M2Terms:
+        """The training objective J on one batch (see the module's story)."""
+        n_u = batch.unlabelled_x.shape[0]
+        labelled, per_class, class_logits = self.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+                                                        batch.labelled_noise, batch.unlabelled_noise)
+        log_q = F.log_softmax(class_logits[:n_u], dim=-1)
+        q = log_q.exp()
+        entropy = -(q * log_q).sum(-1)
+        unlabelled = (q * per_class).sum(-1) - entropy
+        classification = F.cross_entropy(class_logits[n_u:], batch.labelled_y)
+        share = batch.labelled_share
+        loss = share * labelled.mean() + (1 - share) * unlabelled.mean() + self.config.alpha * classification
+        return M2Terms(loss=loss, labelled_bound=labelled.mean().detach(), unlabelled_bound=unlabelled.mean().detach(),
+                       classification=classification.detach(), classifier_entropy=entropy.mean().detach())
