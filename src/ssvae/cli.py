@@ -37,7 +37,8 @@ def _add_train(sub) -> None:
         formatter_class=HelpWithDefaults,
     )
     p.add_argument("--model", default=d.model,
-                   help=f"model family: {', '.join(MODELS)} (m1: the VAE alone, unsupervised; m1m2: M2 on M1's features)")
+                   help=f"model family: {', '.join(MODELS)} (m1: the VAE alone, unsupervised; m1m2: M2 on M1's "
+                   "features; adgm, sdgm: M2 with an auxiliary variable, Maaløe et al. 2016)")
     p.add_argument("--labels", type=int, default=d.labels,
                    help="number of labelled training images, balanced over the classes (must divide by them)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the label draw, the weights and the batches")

@@ -28,7 +28,7 @@ from .config import TrainConfig, load_config, save_config
 from .data.batches import SemiSupervisedBatches, to_inputs
 from .data.labels import balanced_label_split, partial_labels
 from .errors import SsvaeError
-from .models import build_model
+from .models import CLASSIFIERS, build_model
 from .runtime import (Processes, barrier, bf16_supported, processes_from_env, resolve_device, seed_everything,
                       set_threads, start_processes, stop_processes, threads_per_process)
 from .trainer import Trainer, TrainerSettings
@@ -161,8 +161,8 @@ def _train(config: TrainConfig, run_dir: Path, overwrite: bool, progress: bool, 
     stage = Stage(config, data, labelled, device, progress, log, resume, processes)
     if config.model == "m1":
         result = stage.train_m1(run_dir, model_config)
-    elif config.model == "m2":
-        result = stage.train_classifier(run_dir, build_model("m2", **asdict(model_config)), config.minutes)
+    elif config.model in CLASSIFIERS:
+        result = stage.train_classifier(run_dir, build_model(config.model, **asdict(model_config)), config.minutes)
     else:
         result = stage.train_m1m2(run_dir, model_config)
     if not processes.is_main:
@@ -187,6 +187,7 @@ def _write_report(run_dir: Path, data, device: torch.device, log) -> None:
 def initial_model_config(config: TrainConfig, data):
     """The model's config from the run's options and the data's shape. For M1+M2 the active
     dimensions of z1 are not known until M1 is trained; they are filled in then."""
+    from .models.auxiliary import AuxiliaryConfig
     from .models.m1 import M1Config
     from .models.m1m2 import STACKED_M2_DEFAULTS, M1M2Config
     from .models.m2 import M2Config
@@ -198,9 +199,15 @@ def initial_model_config(config: TrainConfig, data):
             if "hidden_dim" in options:  # one width for both hidden layers
                 options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
             model_config = M1Config(**facts, **options)
-        elif config.model == "m2":
+        elif config.model in CLASSIFIERS:
             likelihood = config.likelihood if config.likelihood != "auto" else getattr(data, "likelihood", "bernoulli")
-            model_config = M2Config(**{**facts, "likelihood": likelihood, **options})
+            if config.model == "m2":
+                model_config = M2Config(**{**facts, "likelihood": likelihood, **options})
+            else:
+                if "hidden_dim" in options:  # one width for both hidden layers
+                    options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
+                model_config = AuxiliaryConfig(**{**facts, "likelihood": likelihood, "skip": config.model == "sdgm",
+                                                  **options})
         else:
             m1_config = M1Config(**facts, **options.pop("m1", {}))
             m2_config = M2Config(**{**STACKED_M2_DEFAULTS, "input_dim": m1_config.latent_dim,

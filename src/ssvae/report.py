@@ -80,7 +80,7 @@ def _data_rows(run: pictures.Run) -> tuple[list[tuple[str, object]], str]:
     return rows, f"<table class='wide'><tr><th>class</th>{header}</tr><tr><th>labels</th>{values}</tr></table>"
 
 
-MODEL_NAMES = {"m1": "M1", "m2": "M2", "m1m2": "M1+M2"}
+MODEL_NAMES = {"m1": "M1", "m2": "M2", "m1m2": "M1+M2", "adgm": "ADGM", "sdgm": "SDGM"}
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..errors import SsvaeError
+from .auxiliary import AuxiliaryConfig, AuxiliaryDGM
 from .m1 import M1, M1Config
 from .m1m2 import M1M2, M1M2Config
 from .m2 import M2, M2Config
 
-REGISTRY = {"m1": (M1, M1Config), "m2": (M2, M2Config), "m1m2": (M1M2, M1M2Config)}
+# ADGM and SDGM share one class; their configs differ in ``skip``, which the run's config keeps.
+REGISTRY = {"m1": (M1, M1Config), "m2": (M2, M2Config), "m1m2": (M1M2, M1M2Config),
+            "adgm": (AuxiliaryDGM, AuxiliaryConfig), "sdgm": (AuxiliaryDGM, AuxiliaryConfig)}
+# The families that are one classifier trained end to end (M1+M2 trains M1 first; M1 has no classes).
+CLASSIFIERS = ("m2", "adgm", "sdgm")
 
 
 def build_model(name: str, **options):

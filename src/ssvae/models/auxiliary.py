@@ -167,6 +167,29 @@ class AuxiliaryDGM(nn.Module):
         log_q = F.log_softmax(at_least_float32(self.class_logits(x.unsqueeze(0).expand(s, -1, -1), a)), dim=-1)
         return torch.logsumexp(log_q, dim=0) - math.log(s)
 
+    # -- what pictures are drawn from --------------------------------------------------------------
+
+    def style(self, x: Tensor, y: Tensor) -> Tensor:
+        """The mean of q(z|a,x,y) at the mean of q(a|x): the image's style once its class is taken out."""
+        a = self.aux_posterior(x)[0]
+        pre = self.encoder.first(x=x, a=a) + F.one_hot(y, self.config.num_classes).to(a.dtype) @ self.encoder.class_rows
+        return at_least_float32(self.encoder(pre)).chunk(2, dim=-1)[0]
+
+    def generate(self, z: Tensor, y: Tensor) -> Tensor:
+        """The mean image of p(x|y,z) (SDGM: of p(x|a,y,z), at the mean of p(a|y,z)), (batch, input_dim)."""
+        onehot = F.one_hot(y, self.config.num_classes).to(z.dtype)
+        if self.config.skip:
+            a = at_least_float32(self.aux_decoder(self.aux_decoder.first(z=z) + onehot @ self.aux_decoder.class_rows))
+            out = self.decoder(self.decoder.first(z=z, a=a.chunk(2, dim=-1)[0]) + onehot @ self.decoder.class_rows)
+        else:
+            out = self.decoder(self.decoder.first(z=z) + onehot @ self.decoder.class_rows)
+        out = at_least_float32(out)
+        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out.chunk(2, dim=-1)[0]
+
+    def latent(self, x: Tensor) -> Tensor:
+        """The style of each image at the class the classifier gives it, for plotting."""
+        return self.style(x, self.classify(x).argmax(-1))
+
     # -- bounds ------------------------------------------------------------------------------------
 
     def bounds(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor,

@@ -1,0 +1,46 @@
+"""ADGM and SDGM from the command line, on a small slice of real MNIST: train, and every command
+that reads a run back."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from ssvae.cli import main
+
+
+@pytest.fixture(scope="module", params=["adgm", "sdgm"])
+def auxiliary_run(request, tmp_path_factory, mnist):
+    run = tmp_path_factory.mktemp("runs") / request.param
+    assert main(["train", "--model", request.param, "--labels", "100", "--epochs", "4", "--max-unlabelled", "2000",
+                 "--unlabelled-batch", "100", "--labelled-batch", "10", "--hidden-dim", "200",
+                 "--compile", "off", "--quiet", "--out", str(run)]) == 0
+    return request.param, run
+
+
+def test_a_short_run_learns_and_saves_its_config(auxiliary_run):
+    model, run = auxiliary_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["skip"] == (model == "sdgm") and config["model"]["hidden_dims"] == [200, 200]
+    # Four epochs on 2,000 unlabelled images (80 steps) already beat chance (0.1) by far.
+    assert json.loads((run / "result.json").read_text())["test_accuracy"] > 0.3
+
+
+def test_every_command_reads_the_run(auxiliary_run, mnist, tmp_path, capsys):
+    _, run = auxiliary_run
+    assert main(["evaluate", str(run), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_accuracy"] == json.loads((run / "result.json").read_text())["test_accuracy"]
+    for n in range(3):
+        Image.fromarray(mnist.test_images[n].reshape(28, 28)).save(tmp_path / f"{mnist.test_labels[n]}_{n}.png")
+    assert main(["predict", str(run), str(tmp_path)]) == 0
+    assert "3 images" in capsys.readouterr().out
+    assert main(["analogy", str(run), "--n", "3"]) == 0
+    assert main(["sample", str(run), "--n", "2"]) == 0
+    assert main(["sample", str(run), "--interpolate", "0", "1", "--steps", "3"]) == 0
+    assert main(["plot", str(run)]) == 0
+    assert main(["report", str(run)]) == 0
+    for name in ("analogy.png", "samples.png", "interpolation.png", "latent.png", "confusion.png", "report.html"):
+        assert (run / name).is_file(), name
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6
