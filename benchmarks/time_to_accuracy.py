@@ -1,18 +1,19 @@
 """How long until a model classifies well with 100 labels, and how well at the end?
 
-Trains M2 (or M1+M2) on real MNIST with the command line's defaults, once per seed (each seed
-draws its own labelled images), and reports per seed: the minutes until validation accuracy first
-reaches the target (M2: 0.90; M1+M2: 0.967, the paper's test accuracy), the best validation
-accuracy, and the test accuracy of the weights kept on validation; then the mean and standard
-deviation over seeds. For M1+M2 the minutes include the M1 stage.
+Trains M2 (or M1+M2, ADGM, SDGM) on real MNIST with the command line's defaults, once per seed
+(each seed draws its own labelled images), and reports per seed: the minutes until validation
+accuracy first reaches the target (M2: 0.90; M1+M2: 0.967, the paper's test accuracy; ADGM and
+SDGM: 0.98), the best validation accuracy, and the test accuracy of the weights kept on
+validation; then the mean and standard deviation over seeds. For M1+M2 the minutes include the
+M1 stage.
 
-    python benchmarks/time_to_accuracy.py [--model m2|m1m2] [--seeds 0 1 2 3 4] [--minutes 10] [--labels 100]
-                                          [--jobs 2]
+    python benchmarks/time_to_accuracy.py [--model m2|m1m2|adgm|sdgm] [--seeds 0 1 2 3 4] [--minutes 10]
+                                          [--labels 100] [--jobs 2] [--lr LR]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
 
-Prints a table and writes benchmarks/results/time_to_accuracy[_m1m2].json (with each run's curve of
+Prints a table and writes benchmarks/results/time_to_accuracy[_MODEL].json (with each run's curve of
 validation accuracy against minutes). Runs go under benchmarks/results/runs/.
 """
 
@@ -32,13 +33,17 @@ from ssvae.config import TrainConfig
 from ssvae.experiment import train
 
 RESULTS = Path(__file__).parent / "results"
+# Minutes per run and the validation accuracy to time, by model.
+BUDGETS = {"m2": (TrainConfig().minutes, 0.90), "m1m2": (25.0, 0.967), "adgm": (60.0, 0.98), "sdgm": (60.0, 0.98)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("m2", "m1m2"), default="m2")
+    parser.add_argument("--model", choices=tuple(BUDGETS), default="m2")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--minutes", type=float, default=None, help="budget per run (M2: 10, M1+M2: 25)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="budget per run (M2: 10, M1+M2: 25, ADGM and SDGM: 60)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to time")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -47,16 +52,17 @@ def main() -> None:
                         help="M1+M2: share of the minutes spent on M1")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    stacked = args.model == "m1m2"
-    args.minutes = args.minutes or (25.0 if stacked else TrainConfig().minutes)
-    args.target = args.target or (0.967 if stacked else 0.90)
-    args.out = args.out or RESULTS / ("time_to_accuracy_m1m2.json" if stacked else "time_to_accuracy.json")
+    args.minutes = args.minutes or BUDGETS[args.model][0]
+    args.target = args.target or BUDGETS[args.model][1]
+    args.out = args.out or RESULTS / ("time_to_accuracy.json" if args.model == "m2" else
+                                      f"time_to_accuracy_{args.model}.json")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if args.threads is None and args.jobs > 1:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
-                           threads=args.threads, m1_share=args.m1_share) for seed in args.seeds]
+                           threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr)
+               for seed in args.seeds]
     config, rows = configs[0], []
     # Each run in a fresh process: its own torch threads, and nothing shared between seeds.
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
