@@ -41,10 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .densities import gaussian_log_density, kl_to_standard_normal
 from .m2 import M2Terms, at_least_float32
-
-LOG_2PI = math.log(2 * math.pi)
-
 
 @dataclass(frozen=True)
 class AuxiliaryConfig:
@@ -111,11 +109,6 @@ class SplitMLP(nn.Module):
 
     def forward(self, pre: Tensor) -> Tensor:
         return self.rest(pre)
-
-
-def gaussian_log_density(value: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
-    """log Normal(value | mean, diag exp(logvar)), summed over the last dimension."""
-    return -0.5 * ((value - mean).square() * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
 
 
 class AuxiliaryDGM(nn.Module):
@@ -228,7 +221,7 @@ class AuxiliaryDGM(nn.Module):
         z_out = at_least_float32(self.encoder(with_class(self.encoder, self.encoder.first(x=x, a=a))))
         z_mean, z_logvar = z_out.chunk(2, dim=-1)
         z = z_mean + torch.exp(0.5 * z_logvar) * z_noise
-        kl_z = 0.5 * (z_mean.square() + z_logvar.exp() - 1.0 - z_logvar).sum(-1)
+        kl_z = kl_to_standard_normal(z_mean, z_logvar)
 
         a_rows = a[image_of_row]
         if c.skip:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SsvaeError
+from .densities import kl_to_standard_normal
 from .m2 import at_least_float32
 
 
@@ -133,7 +134,7 @@ class M1(nn.Module):
         logits = at_least_float32(self.decode(z))
         # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
         log_px = (x * logits).sum(-1) - F.softplus(logits).sum(-1)
-        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
+        kl = kl_to_standard_normal(mu, logvar)
         return -log_px, kl
 
     def negative_elbo(self, x: Tensor) -> Tensor:

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .densities import gaussian_log_density, kl_to_standard_normal
+
 
 @dataclass(frozen=True)
 class M2Config:
@@ -211,7 +213,7 @@ class M2(nn.Module):
         ])
         out = at_least_float32(self.decoder_out(F.softplus(pre)))
         log_px = self._log_likelihood(unlabelled_x, labelled_x, out)
-        kl_z = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
+        kl_z = kl_to_standard_normal(mu, logvar)
         negative = -(log_px - math.log(k) - kl_z)  # log p(y) = -log K
         return negative[n_u * k:], negative[:n_u * k].view(n_u, k)
 
@@ -227,7 +229,7 @@ class M2(nn.Module):
             return observed - F.softplus(out).sum(-1)
         x = torch.cat([unlabelled_x.unsqueeze(1).expand(n_u, k, -1).flatten(0, 1), labelled_x])
         mean, logvar = out.chunk(2, dim=-1)
-        return -0.5 * ((x - mean).square() * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+        return gaussian_log_density(x, mean, logvar)
 
     def labelled_bound(self, x: Tensor, y: Tensor) -> Tensor:
         """L(x,y) per image, shape (batch,), for known classes ``y`` (int64, (batch,))."""
