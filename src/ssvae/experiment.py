@@ -194,18 +194,16 @@ def initial_model_config(config: TrainConfig, data):
 
     facts = {"input_dim": data.train_images.shape[1], "num_classes": data.num_classes}
     options = dict(config.model_options)
+    if config.model in ("m1", "adgm", "sdgm") and "hidden_dim" in options:  # one width for both hidden layers
+        options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
     try:
         if config.model == "m1":
-            if "hidden_dim" in options:  # one width for both hidden layers
-                options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
             model_config = M1Config(**facts, **options)
         elif config.model in CLASSIFIERS:
             likelihood = config.likelihood if config.likelihood != "auto" else getattr(data, "likelihood", "bernoulli")
             if config.model == "m2":
                 model_config = M2Config(**{**facts, "likelihood": likelihood, **options})
             else:
-                if "hidden_dim" in options:  # one width for both hidden layers
-                    options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
                 model_config = AuxiliaryConfig(**{**facts, "likelihood": likelihood, "skip": config.model == "sdgm",
                                                   **options})
         else:
