@@ -55,9 +55,10 @@ def test_m1m2_reuses_a_trained_m1(m1_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(saved["test_accuracy"])
 
 
-def test_kl_warm_up_is_refused_for_a_model_without_m1(tmp_path, capsys, mnist):
-    assert main(["train", "--model", "m2", "--kl-warmup", "100", *SMALL, "--out", str(tmp_path / "x")]) == 2
-    assert "--kl-warmup" in capsys.readouterr().err
+@pytest.mark.parametrize("option", [["--kl-warmup", "100"], ["--hidden-layers", "2"]])
+def test_options_m2_does_not_have_are_refused(option, tmp_path, capsys, mnist):
+    assert main(["train", "--model", "m2", *option, *SMALL, "--out", str(tmp_path / "x")]) == 2
+    assert option[0] in capsys.readouterr().err
 
 
 def test_reusing_a_run_that_is_not_m1_is_refused(tmp_path, capsys, mnist):

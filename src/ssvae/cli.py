@@ -83,10 +83,13 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--latent-dim", type=int, default=None,
                    help="size of z; for m1m2, of M2's z2 (model default: 50; 10 for m1m2)")
     p.add_argument("--hidden-dim", type=int, default=None,
-                   help="hidden units of encoder and decoder (model default: 500 for M2, 600 for M1)")
+                   help="hidden units per layer of every network (model default: 500; 600 for M1)")
+    p.add_argument("--hidden-layers", type=int, default=None,
+                   help="m1, adgm, sdgm: hidden layers per network (model default: 2 for M1, 1 for ADGM and SDGM; "
+                   "the ADGM paper used 2, with --hidden-dim 500 --latent-dim 100 --lr 3e-4)")
     p.add_argument("--kl-warmup", type=int, default=None, metavar="STEPS",
-                   help="M1 (alone or as M1+M2's first stage): steps over which the KL term's weight rises "
-                   "from 0 to 1 (model default: 10000; 0 for none)")
+                   help="M1 (alone or as M1+M2's first stage), ADGM, SDGM: steps over which the weight of the KL "
+                   "terms rises from 0 to 1 (model default: 10000 for M1; 0, none, for ADGM and SDGM)")
     p.add_argument("--binarize", action="store_true",
                    help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
                    "binarisation) instead of using its grey level")
@@ -138,10 +141,13 @@ def _config_from_args(args, model: str, labels: int, seed: int):
     """The TrainConfig that the how-to-train options describe, for one model, label count and seed."""
     from .config import TrainConfig
 
-    options = {"alpha": args.alpha, "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim}
-    if args.kl_warmup is not None:  # an M1 option: M1+M2 passes it to its first stage
-        if model not in ("m1", "m1m2"):
-            raise SsvaeError(f"--kl-warmup is an option of M1 (--model m1 or m1m2), not of {model}")
+    options = {"alpha": args.alpha, "latent_dim": args.latent_dim, "hidden_dim": args.hidden_dim,
+               "hidden_layers": args.hidden_layers}
+    if args.hidden_layers is not None and model not in ("m1", "adgm", "sdgm"):
+        raise SsvaeError(f"--hidden-layers is an option of m1, adgm and sdgm, not of {model}")
+    if args.kl_warmup is not None:  # M1+M2 passes it to its first stage, M1
+        if model == "m2":
+            raise SsvaeError("--kl-warmup is an option of m1, m1m2, adgm and sdgm, not of m2")
         options.update({"m1": {"kl_warmup_steps": args.kl_warmup}} if model == "m1m2" else
                        {"kl_warmup_steps": args.kl_warmup})
     minutes = args.minutes if args.minutes is not None or args.epochs is not None else TrainConfig().minutes

@@ -16,7 +16,8 @@ MODELS = tuple(REGISTRY)
 # Adam's learning rate when none is given. M2 (on pixels or on M1's features) learns fastest with
 # 4e-3 and small steps; M1 at that rate lets most of its latent dimensions collapse onto the prior
 # (7 of 50 active after 10 minutes, against 27 after 3 minutes at 1e-3), which starves M1+M2.
-DEFAULT_LEARNING_RATES = {"m1": 1e-3, "m2": 4e-3, "m1m2": 4e-3, "adgm": 1e-3, "sdgm": 1e-3}
+# ADGM and SDGM, shaped like M2 by default, learn fastest at M2's rate too (see AuxiliaryConfig).
+DEFAULT_LEARNING_RATES = {"m1": 1e-3, "m2": 4e-3, "m1m2": 4e-3, "adgm": 4e-3, "sdgm": 4e-3}
 
 
 @dataclass

@@ -194,8 +194,11 @@ def initial_model_config(config: TrainConfig, data):
 
     facts = {"input_dim": data.train_images.shape[1], "num_classes": data.num_classes}
     options = dict(config.model_options)
-    if config.model in ("m1", "adgm", "sdgm") and "hidden_dim" in options:  # one width for both hidden layers
-        options["hidden_dims"] = (options.pop("hidden_dim"),) * 2
+    if config.model in ("m1", "adgm", "sdgm") and ({"hidden_dim", "hidden_layers"} & set(options)):
+        # One width for every hidden layer; what is not given stays the model's default.
+        default = (M1Config if config.model == "m1" else AuxiliaryConfig)().hidden_dims
+        width, layers = options.pop("hidden_dim", default[0]), options.pop("hidden_layers", len(default))
+        options["hidden_dims"] = (width,) * layers
     try:
         if config.model == "m1":
             model_config = M1Config(**facts, **options)

@@ -7,14 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from ssvae.data.batches import Batch
-from ssvae.models.auxiliary import AuxiliaryConfig, AuxiliaryDGM
+from ssvae.models.auxiliary import LOGVAR_LIMIT, AuxiliaryConfig, AuxiliaryDGM
 
 K, D, Z, A = 4, 6, 3, 2
 
 
-def small(skip: bool) -> AuxiliaryDGM:
+def small(skip: bool, **options) -> AuxiliaryDGM:
     torch.manual_seed(0)
-    config = AuxiliaryConfig(input_dim=D, num_classes=K, latent_dim=Z, aux_dim=A, hidden_dims=(5, 4), skip=skip)
+    config = AuxiliaryConfig(input_dim=D, num_classes=K, latent_dim=Z, aux_dim=A, hidden_dims=(5, 4), skip=skip,
+                             **options)
     return AuxiliaryDGM(config).double()
 
 
@@ -28,28 +29,35 @@ def mlp(network, y=None, **inputs):
     return network.rest(pre)
 
 
+def gaussian(out):
+    """Mean and log-variance from a network's output, the log-variance kept within the model's limit."""
+    mean, logvar = out.chunk(2)
+    return mean, logvar.clamp(-LOGVAR_LIMIT, LOGVAR_LIMIT)
+
+
 def log_normal(value, mean, logvar):
     return sum(-0.5 * ((v - m) ** 2 / math.exp(lv) + lv + math.log(2 * math.pi))
                for v, m, lv in zip(value.tolist(), mean.tolist(), logvar.tolist()))
 
 
-def slow_negative_bound(model, x, y, a_noise, z_noise):
-    """-L(x, y) for one image and class, term by term, with the given standard normal draws."""
-    a_mean, a_logvar = mlp(model.aux_encoder, x=x).chunk(2)
+def slow_negative_bound(model, x, y, a_noise, z_noise, kl_weight=1.0):
+    """-L(x, y) for one image and class, term by term, with the given standard normal draws (and the
+    KL terms weighted by ``kl_weight``, as during a warm-up)."""
+    a_mean, a_logvar = gaussian(mlp(model.aux_encoder, x=x))
     a = a_mean + torch.exp(0.5 * a_logvar) * a_noise
-    z_mean, z_logvar = mlp(model.encoder, y, x=x, a=a).chunk(2)
+    z_mean, z_logvar = gaussian(mlp(model.encoder, y, x=x, a=a))
     z = z_mean + torch.exp(0.5 * z_logvar) * z_noise
     if model.config.skip:
-        pa_mean, pa_logvar = mlp(model.aux_decoder, y, z=z).chunk(2)
+        pa_mean, pa_logvar = gaussian(mlp(model.aux_decoder, y, z=z))
         logits = mlp(model.decoder, y, z=z, a=a)
     else:
-        pa_mean, pa_logvar = mlp(model.aux_decoder, y, x=x, z=z).chunk(2)
+        pa_mean, pa_logvar = gaussian(mlp(model.aux_decoder, y, x=x, z=z))
         logits = mlp(model.decoder, y, z=z)
     log_px = sum(xi * li - math.log1p(math.exp(li)) for xi, li in zip(x.tolist(), logits.tolist()))
     # KL(q(z|a,x,y) || N(0, I)) in closed form; log p(a|..) - log q(a|x) from the one draw of a.
     kl_z = sum(0.5 * (m * m + math.exp(lv) - 1 - lv) for m, lv in zip(z_mean.tolist(), z_logvar.tolist()))
     log_pa, log_qa = log_normal(a, pa_mean, pa_logvar), log_normal(a, a_mean, a_logvar)
-    return -(log_px - math.log(K) - kl_z + log_pa - log_qa), a
+    return -(log_px - math.log(K) + kl_weight * (-kl_z + log_pa - log_qa)), a
 
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
@@ -99,6 +107,42 @@ def test_the_unlabelled_bound_sums_the_classes_out_under_q(skip):
     torch.testing.assert_close(terms.loss, expected)
     terms.loss.backward()  # every network gets a gradient
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
+def test_kl_warmup_weights_the_kl_terms_of_the_training_loss_then_ends(skip):
+    model = small(skip, kl_warmup_steps=10)
+    generator = torch.Generator().manual_seed(3)
+    batch = Batch(torch.rand(2, D, generator=generator, dtype=torch.float64), torch.tensor([1, 3]),
+                  torch.rand(3, D, generator=generator, dtype=torch.float64), 0.25,
+                  torch.randn(2, model.noise_width, generator=generator, dtype=torch.float64),
+                  torch.randn(3, model.noise_width, generator=generator, dtype=torch.float64))
+    for step, weight in [(4, 0.4), (25, 1.0)]:
+        model.at_step(step)
+        with torch.no_grad():
+            terms = model.loss(batch)
+        expected = [slow_negative_bound(model, batch.labelled_x[b], int(batch.labelled_y[b]),
+                                        batch.labelled_noise[b, :A], batch.labelled_noise[b, A:A + Z], weight)[0]
+                    for b in range(2)]
+        assert terms.labelled_bound.item() == pytest.approx(sum(expected) / 2, abs=1e-9)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
+def test_runaway_variances_leave_the_step_finite(skip):
+    # What the networks of a class that q(y|a,x) rules out can drift to: without a limit on the
+    # log-variances, exp(100) overflows the KL and the step is lost.
+    model = small(skip).float()
+    with torch.no_grad():
+        model.encoder.rest[-1].bias[Z:] = 100.0  # log-variance of q(z|a,x,y)
+        model.aux_decoder.rest[-1].bias[A:] = -100.0  # log-variance of p(a|..)
+    generator = torch.Generator().manual_seed(4)
+    batch = Batch(torch.rand(2, D, generator=generator), torch.tensor([1, 3]), torch.rand(3, D, generator=generator),
+                  0.25, torch.randn(2, model.noise_width, generator=generator),
+                  torch.randn(3, model.noise_width, generator=generator))
+    terms = model.loss(batch)
+    terms.loss.backward()
+    assert torch.isfinite(terms.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_classify_averages_q_over_draws_of_a_and_repeats_itself():

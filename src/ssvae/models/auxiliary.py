@@ -42,21 +42,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .densities import gaussian_log_density, kl_to_standard_normal
+from .m1 import warmup_weight
 from .m2 import M2Terms, at_least_float32
+
+# Bound on the log-variances of q(a|x), q(z|a,x,y) and p(a|..). In the unlabelled bound a class
+# that q(y|a,x) rules out gets (almost) no weight, so nothing holds its networks' outputs back: at
+# Adam's 4e-3, log-variances of such (image, class) pairs drifted to -40 and +27 within 20 minutes,
+# the KL overflowed, 0 * inf made the step non-finite, and the run fell apart (ADGM, seed 0).
+# e^±10 leaves every variance a fitted model needs.
+LOGVAR_LIMIT = 10.0
+
+
+def gaussian_parameters(out: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and log-variance (within ±LOGVAR_LIMIT) from a network's output, in at least float32."""
+    mean, logvar = at_least_float32(out).chunk(2, dim=-1)
+    return mean, logvar.clamp(-LOGVAR_LIMIT, LOGVAR_LIMIT)
+
 
 @dataclass(frozen=True)
 class AuxiliaryConfig:
-    """Architecture of ADGM (``skip=False``) or SDGM (``skip=True``)."""
+    """Architecture of ADGM (``skip=False``) or SDGM (``skip=True``).
+
+    The paper's networks have two hidden layers of 500 units, and z and a of 100 each, trained for
+    hundreds of epochs at a learning rate of 3e-4. With minutes rather than days, M2's shape learns
+    far faster: ADGM, seed 0, one thread, 10 minutes, validation accuracy 0.932 with one hidden
+    layer and a z of 50 at 4e-3, against 0.836 with the paper's networks at 1e-3 and 0.813 at 4e-3.
+    ``hidden_dims=(500, 500), latent_dim=100`` (``--hidden-layers 2 --latent-dim 100``) restores them.
+    """
 
     input_dim: int = 784
     num_classes: int = 10
-    latent_dim: int = 100
+    latent_dim: int = 50
     aux_dim: int = 100
-    hidden_dims: tuple[int, ...] = (500, 500)
+    hidden_dims: tuple[int, ...] = (500,)
     alpha: float = 3.0  # weight of the labelled cross-entropy, relative to the per-image bounds
     skip: bool = False  # SDGM: a is generated, and the image from it
     likelihood: str = "bernoulli"
     eval_samples: int = 10  # draws of a over which q(y|a,x) is averaged to classify
+    # Steps over which the weight of the KL terms (of z, and of a: log q(a|x) - log p(a|..)) rises
+    # from 0 to 1 in the training loss; 0, no warm-up, as in the paper's MNIST runs.
+    kl_warmup_steps: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
@@ -64,6 +89,8 @@ class AuxiliaryConfig:
     def validate(self) -> None:
         from ..errors import SsvaeError
 
+        if self.kl_warmup_steps < 0:
+            raise SsvaeError(f"auxiliary model: kl_warmup_steps must be 0 or more, got {self.kl_warmup_steps}")
         for name in ("input_dim", "latent_dim", "aux_dim", "eval_samples"):
             if getattr(self, name) < 1:
                 raise SsvaeError(f"auxiliary model: {name} must be a positive integer, got {getattr(self, name)}")
@@ -132,6 +159,13 @@ class AuxiliaryDGM(nn.Module):
         else:
             self.aux_decoder = SplitMLP({"x": d, "z": z, "y": k}, h, 2 * a, k)  # p(a|x,y,z)
             self.decoder = SplitMLP({"z": z, "y": k}, h, out, k)  # p(x|y,z)
+        # The KL terms' weight in the training loss (see kl_warmup_steps); a buffer, so that a
+        # compiled loss reads its current value, set by ``at_step`` and not saved with the weights.
+        self.register_buffer("kl_weight", torch.ones(()), persistent=False)
+
+    def at_step(self, step: int) -> None:
+        """Called by the trainer before each optimiser step: sets the warm-up's KL weight."""
+        self.kl_weight.fill_(warmup_weight(step, self.config.kl_warmup_steps))
 
     @property
     def noise_width(self) -> int:
@@ -142,8 +176,7 @@ class AuxiliaryDGM(nn.Module):
 
     def aux_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(a|x)."""
-        out = at_least_float32(self.aux_encoder(self.aux_encoder.first(x=x)))
-        return out.chunk(2, dim=-1)
+        return gaussian_parameters(self.aux_encoder(self.aux_encoder.first(x=x)))
 
     def class_logits(self, x: Tensor, a: Tensor) -> Tensor:
         """Logits of q(y|a,x)."""
@@ -186,8 +219,10 @@ class AuxiliaryDGM(nn.Module):
     # -- bounds ------------------------------------------------------------------------------------
 
     def bounds(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor,
-               labelled_noise: Tensor | None = None, unlabelled_noise: Tensor | None = None):
-        """-L(x,y,a) for every (image, class) pair a step needs, and what U needs besides.
+               labelled_noise: Tensor | None = None, unlabelled_noise: Tensor | None = None,
+               kl_weight: Tensor | float = 1.0):
+        """-L(x,y,a) for every (image, class) pair a step needs, and what U needs besides, with the
+        KL terms weighted by ``kl_weight`` (1: the bound itself).
 
         Returns ``(labelled, per_class, class_logits)``: -L of each labelled image at its class (B_l,),
         of each unlabelled image at every class (B_u, K), and the logits of q(y|a,x) of all images,
@@ -219,7 +254,7 @@ class AuxiliaryDGM(nn.Module):
 
         z_noise = torch.cat([z_noise[:n_u].reshape(n_u * k, c.latent_dim), z_noise[n_u:, :c.latent_dim]])
         z_out = at_least_float32(self.encoder(with_class(self.encoder, self.encoder.first(x=x, a=a))))
-        z_mean, z_logvar = z_out.chunk(2, dim=-1)
+        z_mean, z_logvar = gaussian_parameters(z_out)
         z = z_mean + torch.exp(0.5 * z_logvar) * z_noise
         kl_z = kl_to_standard_normal(z_mean, z_logvar)
 
@@ -231,11 +266,11 @@ class AuxiliaryDGM(nn.Module):
             p_a = self.aux_decoder(with_class(self.aux_decoder, self.aux_decoder.first(x=x))
                                    + self.aux_decoder.parts["z"](z))
             decoded = self.decoder(self.decoder.first(z=z) + onehot @ self.decoder.class_rows)
-        pa_mean, pa_logvar = at_least_float32(p_a).chunk(2, dim=-1)
+        pa_mean, pa_logvar = gaussian_parameters(p_a)
         log_pa = gaussian_log_density(a_rows, pa_mean, pa_logvar)
         log_px = self._log_likelihood(x[image_of_row], at_least_float32(decoded))
 
-        negative = -(log_px - math.log(k) + log_pa - log_qa[image_of_row] - kl_z)
+        negative = -(log_px - math.log(k) + kl_weight * (log_pa - log_qa[image_of_row] - kl_z))
         return negative[n_u * k:], negative[:n_u * k].view(n_u, k), class_logits
 
     def _log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
@@ -252,7 +287,7 @@ class AuxiliaryDGM(nn.Module):
         """The training objective J on one batch (see the module's story)."""
         n_u = batch.unlabelled_x.shape[0]
         labelled, per_class, class_logits = self.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
-                                                        batch.labelled_noise, batch.unlabelled_noise)
+                                                        batch.labelled_noise, batch.unlabelled_noise, self.kl_weight)
         log_q = F.log_softmax(class_logits[:n_u], dim=-1)
         q = log_q.exp()
         entropy = -(q * log_q).sum(-1)

@@ -67,6 +67,12 @@ class M1Terms:
     kl: Tensor  # mean KL(q(z|x) || p(z))
 
 
+def warmup_weight(step: int, warmup_steps: int) -> float:
+    """The weight of a warmed-up term at ``step``: rising linearly from 0 to 1 over ``warmup_steps``
+    (Sønderby et al. 2016), then 1; always 1 when ``warmup_steps`` is 0."""
+    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+
+
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers of the given sizes with softplus between them (none after the last)."""
     layers: list[nn.Module] = []
@@ -93,8 +99,7 @@ class M1(nn.Module):
 
     def at_step(self, step: int) -> None:
         """Called by the trainer before each optimiser step: sets the warm-up's KL weight."""
-        warmup = self.config.kl_warmup_steps
-        self.kl_weight.fill_(min(1.0, step / warmup) if warmup > 0 else 1.0)
+        self.kl_weight.fill_(warmup_weight(step, self.config.kl_warmup_steps))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x), each (batch, latent_dim)."""
