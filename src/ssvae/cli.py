@@ -76,7 +76,8 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--max-unlabelled", type=int, default=None,
                    help="use only the first N unlabelled training images (quick trials; default: all)")
     p.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate (default: 4e-3 for m2 and m1m2, 1e-3 for m1 and M1+M2's M1 stage)")
+                   help="Adam learning rate (default: 4e-3 for m2 and m1m2, 2e-3 for adgm and sdgm, 1e-3 for m1 and M1+M2's "
+                   "M1 stage)")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 3 for "
                    "m2, 1 for m1m2)")

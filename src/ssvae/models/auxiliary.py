@@ -49,7 +49,8 @@ from .m2 import M2Terms, at_least_float32
 # that q(y|a,x) rules out gets (almost) no weight, so nothing holds its networks' outputs back: at
 # Adam's 4e-3, log-variances of such (image, class) pairs drifted to -40 and +27 within 20 minutes,
 # the KL overflowed, 0 * inf made the step non-finite, and the run fell apart (ADGM, seed 0).
-# e^±10 leaves every variance a fitted model needs.
+# e^±10 leaves every variance a fitted model needs. The limit keeps such steps finite; it does not
+# make 4e-3 a stable rate (see DEFAULT_LEARNING_RATES).
 LOGVAR_LIMIT = 10.0
 
 
