@@ -16,8 +16,8 @@ MODELS = tuple(REGISTRY)
 # Adam's learning rate when none is given. M2 (on pixels or on M1's features) learns fastest with
 # 4e-3 and small steps; M1 at that rate lets most of its latent dimensions collapse onto the prior
 # (7 of 50 active after 10 minutes, against 27 after 3 minutes at 1e-3), which starves M1+M2.
-# ADGM and SDGM at M2's 4e-3 lead for ten minutes, then diverge (ADGM, seed 0: validation 0.937
-# after 13 minutes of a 60-minute run, then 0.10 at 17, its bounds at 6e7); 2e-3 stays stable.
+# ADGM and SDGM at M2's 4e-3 lead for ten minutes, then diverge (ADGM, seed 0: validation 0.939
+# after 14 minutes of a 60-minute run, then 0.10 at 16, its bounds at 6e7); 2e-3 stays stable.
 DEFAULT_LEARNING_RATES = {"m1": 1e-3, "m2": 4e-3, "m1m2": 4e-3, "adgm": 2e-3, "sdgm": 2e-3}
 
 

@@ -254,8 +254,7 @@ class AuxiliaryDGM(nn.Module):
             return per_image[image_of_row] + onehot.to(per_image.dtype) @ network.class_rows
 
         z_noise = torch.cat([z_noise[:n_u].reshape(n_u * k, c.latent_dim), z_noise[n_u:, :c.latent_dim]])
-        z_out = at_least_float32(self.encoder(with_class(self.encoder, self.encoder.first(x=x, a=a))))
-        z_mean, z_logvar = gaussian_parameters(z_out)
+        z_mean, z_logvar = gaussian_parameters(self.encoder(with_class(self.encoder, self.encoder.first(x=x, a=a))))
         z = z_mean + torch.exp(0.5 * z_logvar) * z_noise
         kl_z = kl_to_standard_normal(z_mean, z_logvar)
 
