@@ -80,7 +80,7 @@ def _add_how_to_train(p) -> None:
                    "M1 stage)")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the labelled cross-entropy relative to the per-image bounds (model default: 3 for "
-                   "m2, 1 for m1m2)")
+                   "m2, adgm and sdgm, 1 for m1m2)")
     p.add_argument("--latent-dim", type=int, default=None,
                    help="size of z; for m1m2, of M2's z2 (model default: 50; 10 for m1m2)")
     p.add_argument("--hidden-dim", type=int, default=None,
