@@ -55,7 +55,7 @@ def test_m1m2_reuses_a_trained_m1(m1_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(saved["test_accuracy"])
 
 
-@pytest.mark.parametrize("option", [["--kl-warmup", "100"], ["--hidden-layers", "2"]])
+@pytest.mark.parametrize("option", [["--kl-warmup", "100"], ["--hidden-layers", "2"], ["--activation", "relu"]])
 def test_options_m2_does_not_have_are_refused(option, tmp_path, capsys, mnist):
     assert main(["train", "--model", "m2", *option, *SMALL, "--out", str(tmp_path / "x")]) == 2
     assert option[0] in capsys.readouterr().err

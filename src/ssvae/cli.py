@@ -87,7 +87,10 @@ def _add_how_to_train(p) -> None:
                    help="hidden units per layer of every network (model default: 500; 600 for M1)")
     p.add_argument("--hidden-layers", type=int, default=None,
                    help="m1, adgm, sdgm: hidden layers per network (model default: 2 for M1, 1 for ADGM and SDGM; "
-                   "the ADGM paper used 2, with --hidden-dim 500 --latent-dim 100 --lr 3e-4)")
+                   "the ADGM paper used 2, with --hidden-dim 500 --latent-dim 100 --lr 3e-4 --activation relu)")
+    p.add_argument("--activation", choices=("softplus", "relu"), default=None,
+                   help="adgm, sdgm: the non-linearity between layers (model default: softplus, as in M2; the "
+                   "ADGM paper's code used relu)")
     p.add_argument("--kl-warmup", type=int, default=None, metavar="STEPS",
                    help="M1 (alone or as M1+M2's first stage), ADGM, SDGM: steps over which the weight of the KL "
                    "terms rises from 0 to 1 (model default: 10000 for M1; 0, none, for ADGM and SDGM)")
@@ -146,6 +149,10 @@ def _config_from_args(args, model: str, labels: int, seed: int):
                "hidden_layers": args.hidden_layers}
     if args.hidden_layers is not None and model not in ("m1", "adgm", "sdgm"):
         raise SsvaeError(f"--hidden-layers is an option of m1, adgm and sdgm, not of {model}")
+    if args.activation is not None:
+        if model not in ("adgm", "sdgm"):
+            raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
+        options["activation"] = args.activation
     if args.kl_warmup is not None:  # M1+M2 passes it to its first stage, M1
         if model == "m2":
             raise SsvaeError("--kl-warmup is an option of m1, m1m2, adgm and sdgm, not of m2")

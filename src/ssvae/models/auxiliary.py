@@ -53,6 +53,8 @@ from .m2 import M2Terms, at_least_float32
 # make 4e-3 a stable rate (see DEFAULT_LEARNING_RATES).
 LOGVAR_LIMIT = 10.0
 
+ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU}
+
 
 def gaussian_parameters(out: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and log-variance (within ±LOGVAR_LIMIT) from a network's output, in at least float32."""
@@ -83,6 +85,8 @@ class AuxiliaryConfig:
     # Steps over which the weight of the KL terms (of z, and of a: log q(a|x) - log p(a|..)) rises
     # from 0 to 1 in the training loss; 0, no warm-up, as in the paper's MNIST runs.
     kl_warmup_steps: int = 0
+    # Between the hidden layers: "softplus" as in M2, or "relu" as in the paper's code.
+    activation: str = "softplus"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
@@ -103,6 +107,8 @@ class AuxiliaryConfig:
             raise SsvaeError(f"auxiliary model: alpha must be a non-negative number, got {self.alpha}")
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise SsvaeError(f"auxiliary model: likelihood must be bernoulli or gaussian, got {self.likelihood}")
+        if self.activation not in ACTIVATIONS:
+            raise SsvaeError(f"auxiliary model: activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation}")
 
 
 class SplitMLP(nn.Module):
@@ -112,7 +118,8 @@ class SplitMLP(nn.Module):
     ``parts`` maps input names to widths; the name ``"y"`` is a class index, whose part is one
     row of weights per class (a one-hot input through a linear layer)."""
 
-    def __init__(self, parts: dict[str, int], hidden: tuple[int, ...], out: int, num_classes: int):
+    def __init__(self, parts: dict[str, int], hidden: tuple[int, ...], out: int, num_classes: int,
+                 activation: str = "softplus"):
         super().__init__()
         first = hidden[0]
         self.parts = nn.ModuleDict({name: nn.Linear(width, first, bias=False) for name, width in parts.items()
@@ -125,7 +132,7 @@ class SplitMLP(nn.Module):
         sizes = [*hidden, out]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Softplus(), nn.Linear(a, b)]
+            layers += [ACTIVATIONS[activation](), nn.Linear(a, b)]
         self.rest = nn.Sequential(*layers)
 
     def first(self, **inputs: Tensor) -> Tensor:
@@ -151,15 +158,19 @@ class AuxiliaryDGM(nn.Module):
         c = config
         d, k, z, a, h = c.input_dim, c.num_classes, c.latent_dim, c.aux_dim, c.hidden_dims
         out = d if c.likelihood == "bernoulli" else 2 * d
-        self.aux_encoder = SplitMLP({"x": d}, h, 2 * a, k)  # q(a|x)
-        self.classifier = SplitMLP({"x": d, "a": a}, h, k, k)  # q(y|a,x)
-        self.encoder = SplitMLP({"x": d, "a": a, "y": k}, h, 2 * z, k)  # q(z|a,x,y)
+
+        def mlp(parts: dict[str, int], width: int) -> SplitMLP:
+            return SplitMLP(parts, h, width, k, c.activation)
+
+        self.aux_encoder = mlp({"x": d}, 2 * a)  # q(a|x)
+        self.classifier = mlp({"x": d, "a": a}, k)  # q(y|a,x)
+        self.encoder = mlp({"x": d, "a": a, "y": k}, 2 * z)  # q(z|a,x,y)
         if c.skip:
-            self.aux_decoder = SplitMLP({"z": z, "y": k}, h, 2 * a, k)  # p(a|y,z)
-            self.decoder = SplitMLP({"z": z, "a": a, "y": k}, h, out, k)  # p(x|a,y,z)
+            self.aux_decoder = mlp({"z": z, "y": k}, 2 * a)  # p(a|y,z)
+            self.decoder = mlp({"z": z, "a": a, "y": k}, out)  # p(x|a,y,z)
         else:
-            self.aux_decoder = SplitMLP({"x": d, "z": z, "y": k}, h, 2 * a, k)  # p(a|x,y,z)
-            self.decoder = SplitMLP({"z": z, "y": k}, h, out, k)  # p(x|y,z)
+            self.aux_decoder = mlp({"x": d, "z": z, "y": k}, 2 * a)  # p(a|x,y,z)
+            self.decoder = mlp({"z": z, "y": k}, out)  # p(x|y,z)
         # The KL terms' weight in the training loss (see kl_warmup_steps); a buffer, so that a
         # compiled loss reads its current value, set by ``at_step`` and not saved with the weights.
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
