@@ -1,4 +1,4 @@
-"""How fast are the training steps of M2 and of M1+M2, against what this machine's matrix multiplies can do?
+"""How fast are the training steps of M2 and of M1+M2 (or ADGM, SDGM), against what this machine's matrix multiplies can do?
 
 Measures, in one process and one run:
 
@@ -9,7 +9,7 @@ Measures, in one process and one run:
 * the step's useful rate in GFLOP/s, from the matrix multiplies of one step (forward and backward,
   counted by torch.utils.flop_counter), and its ratio to the matmul rate.
 
-    python benchmarks/throughput.py [--model m2 m1m2] [--seconds 20] [--unlabelled-batch 50 200 500]
+    python benchmarks/throughput.py [--model m2 m1m2 adgm sdgm sdgm-relu] [--seconds 20] [--unlabelled-batch 50 200 500]
                                     [--compile on|off] [--device auto|cpu|cuda]
 
 The first unlabelled batch size is the one ``ssvae train`` uses by default; larger ones show how
@@ -34,6 +34,7 @@ from ssvae.config import TrainConfig
 from ssvae.data.batches import SemiSupervisedBatches
 from ssvae.data.labels import balanced_label_split, partial_labels
 from ssvae.data.mnist import load_mnist
+from ssvae.models.auxiliary import AuxiliaryConfig, AuxiliaryDGM
 from ssvae.models.m1 import M1Config
 from ssvae.models.m1m2 import STACKED_M2_DEFAULTS, M1M2, M1M2Config
 from ssvae.models.m2 import M2, M2Config
@@ -58,6 +59,8 @@ def build(name: str, data, device):
     of M1 training on MNIST."""
     if name == "m2":
         return M2(M2Config())
+    if name in ("adgm", "sdgm", "sdgm-relu"):  # the auxiliary models at their defaults; one with the paper's ReLU
+        return AuxiliaryDGM(AuxiliaryConfig(skip=name != "adgm", activation="relu" if "relu" in name else "softplus"))
     m1_config = M1Config()
     m2_config = M2Config(**{**STACKED_M2_DEFAULTS, "input_dim": 15})
     return M1M2(M1M2Config(m1=m1_config, m2=m2_config, active_dims=tuple(range(15))))
@@ -119,8 +122,10 @@ def main() -> None:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds of training steps per batch size")
-    parser.add_argument("--model", nargs="+", choices=("m2", "m1m2"), default=["m2", "m1m2"],
-                        help="m1m2 times the M2 stage of M1+M2 (M1 frozen, its encoder run every step)")
+    parser.add_argument("--model", nargs="+", choices=("m2", "m1m2", "adgm", "sdgm", "sdgm-relu"),
+                        default=["m2", "m1m2"],
+                        help="m1m2 times the M2 stage of M1+M2 (M1 frozen, its encoder run every step); "
+                        "sdgm-relu, SDGM with --activation relu")
     parser.add_argument("--labelled-batch", type=int, default=defaults.labelled_batch_size)
     parser.add_argument("--unlabelled-batch", type=int, nargs="+",
                         default=[defaults.unlabelled_batch_size, 200, 500])
