@@ -70,7 +70,8 @@ class AuxiliaryConfig:
     hundreds of epochs at a learning rate of 3e-4. With minutes rather than days, M2's shape learns
     far faster: ADGM, seed 0, one thread, 10 minutes, validation accuracy 0.932 with one hidden
     layer and a z of 50 at 4e-3, against 0.836 with the paper's networks at 1e-3 and 0.813 at 4e-3.
-    ``hidden_dims=(500, 500), latent_dim=100`` (``--hidden-layers 2 --latent-dim 100``) restores them.
+    ``hidden_dims=(500, 500), latent_dim=100, activation="relu"`` (``--hidden-layers 2
+    --latent-dim 100 --activation relu``) restores them.
     """
 
     input_dim: int = 784
