@@ -8,7 +8,7 @@ validation; then the mean and standard deviation over seeds. For M1+M2 the minut
 M1 stage.
 
     python benchmarks/time_to_accuracy.py [--model m2|m1m2|adgm|sdgm] [--seeds 0 1 2 3 4] [--minutes 10]
-                                          [--labels 100] [--jobs 2] [--lr LR]
+                                          [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="budget per run (M2: 10, M1+M2: 25, ADGM and SDGM: 60)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="weight of the labelled cross-entropy (default: the model's own)")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to time")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -61,7 +63,8 @@ def main() -> None:
     if args.threads is None and args.jobs > 1:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
-                           threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr)
+                           threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,
+                           model_options={} if args.alpha is None else {"alpha": args.alpha})
                for seed in args.seeds]
     config, rows = configs[0], []
     # Each run in a fresh process: its own torch threads, and nothing shared between seeds.
@@ -94,7 +97,8 @@ def main() -> None:
 
 def run_one(config: TrainConfig, target: float) -> dict:
     """Train one seed and return its row: the result and the curve of validation accuracy."""
-    run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels-seed{config.seed}"
+    options = "".join(f"-{name}{value:g}" for name, value in sorted(config.model_options.items()))
+    run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels{options}-seed{config.seed}"
     result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
     offset = result.get("m1_minutes", 0.0)  # M1+M2: the classifier's clock starts after M1
     curve = [{**r, "minutes": r["minutes"] + offset}
