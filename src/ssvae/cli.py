@@ -55,6 +55,7 @@ def _add_train(sub) -> None:
 def _add_how_to_train(p) -> None:
     """The options that say how to train, shared by ``train`` and ``sweep``."""
     from .config import TrainConfig
+    from .models.auxiliary import ACTIVATIONS
 
     d = TrainConfig()
     budget = p.add_argument_group("budget (training stops at whichever comes first)")
@@ -88,7 +89,7 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--hidden-layers", type=int, default=None,
                    help="m1, adgm, sdgm: hidden layers per network (model default: 2 for M1, 1 for ADGM and SDGM; "
                    "the ADGM paper used 2, with --hidden-dim 500 --latent-dim 100 --lr 3e-4 --activation relu)")
-    p.add_argument("--activation", choices=("softplus", "relu"), default=None,
+    p.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None,
                    help="adgm, sdgm: the non-linearity between layers (model default: softplus, as in M2; the "
                    "ADGM paper's code used relu)")
     p.add_argument("--kl-warmup", type=int, default=None, metavar="STEPS",
