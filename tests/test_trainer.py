@@ -66,6 +66,55 @@ def test_learns_and_decays_the_learning_rate_to_zero(tmp_path):
     assert averaged != live and abs(averaged - live) < 0.05
 
 
+class Drift(nn.Module):
+    """A weight that Adam moves by the learning rate at every step, for ever."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def loss(self, batch):
+        climb = -self.weight.sum()
+        return LineTerms(loss=climb, squared_error=climb.detach())
+
+
+def test_the_average_folded_every_few_steps_follows_the_average_of_every_step(tmp_path):
+    # The plain running average, moved after every step with the same ramped decay, kept beside
+    # the trainer's, which moves every AVERAGE_EVERY steps and catches up before each validation.
+    decay_limit, epochs, per_epoch = 0.99, 200, 7  # 7 steps an epoch: not a multiple of AVERAGE_EVERY
+    kept, plain_at, live_at = {}, {}, {}
+
+    def validate(model):
+        kept[trainer.steps] = model.weight.item()
+        plain_at[trainer.steps], live_at[trainer.steps] = plain, trainer.model.weight.item()
+        return {"val_accuracy": 0.0}
+
+    trainer = Trainer(Drift(), [None] * per_epoch, validate, tmp_path,
+                      settings(epochs=epochs, learning_rate=0.01, weight_average_decay=decay_limit,
+                               lr_schedule="constant", checkpoint_each_epoch=False))
+    plain, n, step = 0.0, 0, trainer.step
+
+    def step_and_average(batch):
+        nonlocal plain, n
+        result = step(batch)
+        n += 1
+        decay = min(decay_limit, (1 + n) / (10 + n))
+        plain = decay * plain + (1 - decay) * trainer.model.weight.item()
+        return result
+
+    trainer.step = step_and_average
+    trainer.fit()
+    # every validation saw every step so far
+    assert sorted(kept) == [per_epoch * e for e in range(1, epochs + 1)]
+    assert trainer.averaged_steps == trainer.steps == per_epoch * epochs
+    # Once the decay has ramped up to its limit (a horizon of 100 steps), the average lags a
+    # hundred steps behind the live weight, and the folded one within two steps of the plain one.
+    end = per_epoch * epochs
+    assert live_at[end] == pytest.approx(0.01 * end, rel=1e-3)
+    assert live_at[end] - plain_at[end] == pytest.approx(0.01 * 99, rel=0.05)
+    assert abs(kept[end] - plain_at[end]) < 0.01 * 2
+
+
 def nan_points(bad_steps):
     """The line's points, with NaN inputs at the given steps of every epoch."""
     batches = points()

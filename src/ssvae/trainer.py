@@ -39,6 +39,11 @@ from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, s
 from .errors import Interrupted, TrainingDiverged
 from .runtime import Processes, autocast
 
+# The running average of the weights moves every this many steps rather than after each one: a
+# pass over every weight is a tenth of a small step's time on a CPU, and the average spans a
+# thousand steps, so moving it every fourth step changes it by nothing that shows.
+AVERAGE_EVERY = 4
+
 
 @dataclass
 class TrainerSettings:
@@ -95,7 +100,8 @@ class Trainer:
         if self.averaged is not None:  # the averaged twins of the trained parameters, in the same order
             self._averaged_trained = [kept for kept, live in zip(self.averaged.parameters(), self.model.parameters())
                                       if live.requires_grad]
-        self.averaged_steps = 0
+        self.averaged_steps = 0  # steps folded into the average
+        self._pending_average = 0  # steps taken since then
         # Compiling the loss fuses the many small element-wise ops around the matrix multiplies
         # (softplus, sampling, the Bernoulli log-likelihood) and their backward; it costs ~20-40 s
         # once, so it is only worth it for runs of a few minutes or more.
@@ -153,8 +159,10 @@ class Trainer:
             terms = self.loss_fn(batch)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
+        # A gradient's sum is non-finite when any element is (or when it overflows, which is as
+        # bad); it finds the same steps as the gradient norm at half the cost.
         grads = [p.grad for p in self.trained if p.grad is not None]
-        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        finite = torch.isfinite(torch.stack([grad.sum() for grad in grads]).sum())
         if not self.processes.distributed:
             finite &= torch.isfinite(terms.loss)
         # With several processes the decision rests on the gradients alone: they are averaged, so
@@ -162,10 +170,13 @@ class Trainer:
         # them non-finite everywhere); each process's own loss would split the model copies apart.
         self.optimizer.found_inf = (~finite).float()
         self.optimizer.step()
+        self.steps += 1
         if self.averaged is not None:
             # On a skipped step the live weights did not move, so the average moves toward finite
             # weights all the same.
-            self._update_average()
+            self._pending_average += 1
+            if self._pending_average == AVERAGE_EVERY:
+                self._fold_average()
         bad = (~finite).long()
         self._skipped = self._skipped + bad
         self._bad_in_a_row = (self._bad_in_a_row + 1) * bad
@@ -191,12 +202,21 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _update_average(self) -> None:
-        # The decay ramps up as (1 + n) / (10 + n) so that short runs average over their own steps
-        # rather than staying close to the initial weights.
-        self.averaged_steps += 1
-        n = self.averaged_steps
-        decay = min(self.settings.weight_average_decay, (1 + n) / (10 + n))
+    def _fold_average(self) -> None:
+        """Bring the running average up to date with the steps taken since it was last moved.
+
+        The steps in between are folded in at once, at the product of their decays: the average
+        then gives the current weights the share it would have given all of them, which over a
+        horizon of a thousand steps is the same average. The decay ramps up as (1 + n) / (10 + n)
+        so that short runs average over their own steps rather than staying close to the initial
+        weights."""
+        if self.averaged is None or self._pending_average == 0:
+            return
+        decay = 1.0
+        for n in range(self.averaged_steps + 1, self.averaged_steps + self._pending_average + 1):
+            decay *= min(self.settings.weight_average_decay, (1 + n) / (10 + n))
+        self.averaged_steps += self._pending_average
+        self._pending_average = 0
         torch._foreach_lerp_(self._averaged_trained, self.trained, 1.0 - decay)
         for kept, live in zip(self.averaged.buffers(), self.model.buffers()):
             kept.copy_(live)
@@ -295,7 +315,6 @@ class Trainer:
                         self.sums[f.name] = self.sums[f.name] + value if f.name in self.sums else value
                     self.good_steps_in_epoch = self.good_steps_in_epoch + finite.long()
                     self.step_in_epoch += 1
-                    self.steps += 1
                     session_steps += 1
                     bar.update(1)
                     if s.progress and session_steps % 50 == 0 and "loss" in self.sums:
@@ -344,6 +363,7 @@ class Trainer:
             together = torch.stack([self.sums[name] for name in names])
             dist.all_reduce(together)
             self.sums = dict(zip(names, together / self.processes.world))
+        self._fold_average()
         if not self.processes.is_main:  # rank 0 validates and writes; the others go on to the next epoch
             self.epochs_done, self.step_in_epoch = epoch, 0
             self.sums, self.good_steps_in_epoch = {}, torch.zeros_like(self.good_steps_in_epoch)
@@ -426,6 +446,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "averaged_model": self.averaged.state_dict() if self.averaged is not None else None,
             "averaged_steps": self.averaged_steps,
+            "pending_average": self._pending_average,
             "epochs_done": self.epochs_done,
             "step_in_epoch": self.step_in_epoch,
             "steps": self.steps,
@@ -452,6 +473,7 @@ class Trainer:
         if self.averaged is not None and state["averaged_model"] is not None:
             self.averaged.load_state_dict(state["averaged_model"])
         self.averaged_steps = state["averaged_steps"]
+        self._pending_average = state.get("pending_average", 0)  # absent from checkpoints that moved it every step
         self.epochs_done, self.step_in_epoch, self.steps = state["epochs_done"], state["step_in_epoch"], state["steps"]
         device = self.settings.device
         self.sums = {name: value.to(device) for name, value in state["sums"].items()}
