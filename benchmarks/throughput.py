@@ -9,7 +9,11 @@ Measures, in one process and one run:
 * the step's useful rate in GFLOP/s, from the matrix multiplies of one step (forward and backward,
   counted by torch.utils.flop_counter), and its ratio to the matmul rate.
 
-    python benchmarks/throughput.py [--model m2 m1m2 adgm sdgm sdgm-relu] [--seconds 20] [--unlabelled-batch 50 200 500]
+The steps are timed in rounds (``--rounds``), every model and batch size in turn, each followed by
+a second of the matmul; the figures are the medians over the rounds, and each round's ratio uses
+the matmul rate measured right after it, so that drift in the machine's speed cancels.
+
+    python benchmarks/throughput.py [--model m2 m1m2 adgm sdgm sdgm-relu] [--seconds 20] [--rounds 5] [--unlabelled-batch 50 200 500]
                                     [--compile on|off] [--device auto|cpu|cuda]
 
 The first unlabelled batch size is the one ``ssvae train`` uses by default; larger ones show how
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -80,48 +85,73 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds
     return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def measure_step(name: str, data, labelled_batch: int, unlabelled_batch: int, device, use_bf16: bool,
-                 compile_: bool, seconds: float) -> dict:
-    """Time the trainer's own step on real MNIST batches; returns images/s and GFLOP/s."""
-    seed_everything(0)
-    labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
-    model = build(name, data, device)
-    batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
-                                    labelled_batch, unlabelled_batch, TrainConfig().binarize, device, seed=0,
-                                    noise_width=model.noise_width)
-    flops = step_flops(model.to(device), next(iter(batches)))
-    settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
-                               compile=compile_, progress=False)
-    trainer = Trainer(model, batches, lambda m: {}, Path("."), settings)
+class TimedStep:
+    """The trainer's own step (forward, backward, Adam, the running average) on real MNIST
+    batches, built and warmed up once, then timed in rounds."""
 
-    def batch_stream():
-        while True:
-            yield from batches
+    def __init__(self, name: str, data, labelled_batch: int, unlabelled_batch: int, device, use_bf16: bool,
+                 compile_: bool):
+        seed_everything(0)
+        labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
+        model = build(name, data, device)
+        batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
+                                        labelled_batch, unlabelled_batch, TrainConfig().binarize, device, seed=0,
+                                        noise_width=model.noise_width)
+        self.row = {"model": name, "labelled_batch": labelled_batch, "unlabelled_batch": unlabelled_batch,
+                    "step_gflop": step_flops(model.to(device), next(iter(batches))) / 1e9}
+        settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
+                                   compile=compile_, progress=False)
+        self.trainer = Trainer(model, batches, lambda m: {}, Path("."), settings)
 
-    stream = batch_stream()
-    warm_start = time.perf_counter()
-    for _ in range(20):  # compilation and allocator warm-up
-        trainer.step(next(stream))
-    warmup = time.perf_counter() - warm_start
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        terms, _ = trainer.step(next(stream))
-        steps += 1
-    terms.loss.item()  # wait for the device
-    elapsed = time.perf_counter() - start
-    images_per_s = steps * unlabelled_batch / elapsed
-    return {
-        "model": name, "labelled_batch": labelled_batch, "unlabelled_batch": unlabelled_batch, "warmup_seconds": warmup,
-        "timed_steps": steps, "timed_seconds": elapsed, "unlabelled_images_per_second": images_per_s,
-        "seconds_per_epoch_50k": 50_000 / images_per_s,
-        "step_gflop": flops / 1e9, "step_gflop_per_s": flops * steps / elapsed / 1e9,
-    }
+        def batch_stream():
+            while True:
+                yield from batches
+
+        self.stream = batch_stream()
+        warm_start = time.perf_counter()
+        for _ in range(20):  # compilation and allocator warm-up
+            self.trainer.step(next(self.stream))
+        self.row["warmup_seconds"] = time.perf_counter() - warm_start
+
+    def images_per_second(self, seconds: float) -> float:
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            terms, _ = self.trainer.step(next(self.stream))
+            steps += 1
+        terms.loss.item()  # wait for the device
+        return steps * self.row["unlabelled_batch"] / (time.perf_counter() - start)
+
+
+def measure(steps: list[TimedStep], dtype, device, rounds: int, seconds: float) -> float:
+    """Time every step in turn, each followed by the matmul rate, for ``rounds`` rounds; each row
+    gets the medians of its rounds, and the median matmul rate is returned. This machine's speed
+    drifts by up to a third over minutes (other tenants' memory traffic slows a step's many small
+    kernels far more than one large matmul), so each step time is set against the matmul rate
+    measured right after it."""
+    timings = {id(step): [] for step in steps}  # (images/s, matmul GFLOP/s) per round
+    for _ in range(rounds):
+        for step in steps:
+            timings[id(step)].append((step.images_per_second(seconds / rounds), matmul_rate(dtype, device, seconds=1.0)))
+    for step in steps:
+        row = step.row
+        gflop_per_image = row["step_gflop"] / row["unlabelled_batch"]
+        row["by_round"] = [{"unlabelled_images_per_second": rate, "matmul_gflop_per_s": peak}
+                           for rate, peak in timings[id(step)]]
+        row["unlabelled_images_per_second"] = statistics.median(rate for rate, _ in timings[id(step)])
+        row["seconds_per_epoch_50k"] = 50_000 / row["unlabelled_images_per_second"]
+        row["step_gflop_per_s"] = row["unlabelled_images_per_second"] * gflop_per_image
+        row["ratio_to_matmul"] = statistics.median(rate * gflop_per_image / peak for rate, peak in timings[id(step)])
+    return statistics.median(peak for step in steps for _, peak in timings[id(step)])
 
 
 def main() -> None:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds of training steps per batch size")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="timed seconds of training steps per model and batch size, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of timing, each model and batch size in turn with a matmul rate after each; "
+                        "the medians are reported")
     parser.add_argument("--model", nargs="+", choices=("m2", "m1m2", "adgm", "sdgm", "sdgm-relu"),
                         default=["m2", "m1m2"],
                         help="m1m2 times the M2 stage of M1+M2 (M1 frozen, its encoder run every step); "
@@ -143,11 +173,10 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     data = load_mnist()
-    rows = [measure_step(name, data, args.labelled_batch, b, device, use_bf16, args.compile == "on", args.seconds)
-            for name in args.model for b in args.unlabelled_batch]
-    peak = matmul_rate(dtype, device)
-    for row in rows:
-        row["ratio_to_matmul"] = row["step_gflop_per_s"] / peak
+    steps = [TimedStep(name, data, args.labelled_batch, b, device, use_bf16, args.compile == "on")
+             for name in args.model for b in args.unlabelled_batch]
+    peak = measure(steps, dtype, device, args.rounds, args.seconds)
+    rows = [step.row for step in steps]
     result = {
         "device": str(device), "threads": threads, "cpu": platform.processor() or platform.machine(),
         "load_average_before": load, "dtype": str(dtype).replace("torch.", ""), "compile": args.compile,
@@ -155,7 +184,8 @@ def main() -> None:
     }
     write_json(args.out, result)
     print(f"Training steps on {device} ({threads or '-'} threads, {result['dtype']}, compile {args.compile}, "
-          f"load average before {load:.2f}); matmul {peak:.0f} GFLOP/s in {result['dtype']}")
+          f"load average before {load:.2f}); matmul {peak:.0f} GFLOP/s in {result['dtype']} "
+          f"(median of the rounds; each row's share is the median of its rounds' own)")
     print_table(["model", "labelled + unlabelled batch", "unlabelled images/s", "s per 50k epoch", "step GFLOP/s",
                  "of matmul rate"],
                 [[r["model"], f"{r['labelled_batch']} + {r['unlabelled_batch']}",
