@@ -100,8 +100,7 @@ class Trainer:
         if self.averaged is not None:  # the averaged twins of the trained parameters, in the same order
             self._averaged_trained = [kept for kept, live in zip(self.averaged.parameters(), self.model.parameters())
                                       if live.requires_grad]
-        self.averaged_steps = 0  # steps folded into the average
-        self._pending_average = 0  # steps taken since then
+        self.averaged_steps = 0  # steps folded into the average; those since are self.steps - averaged_steps
         # Compiling the loss fuses the many small element-wise ops around the matrix multiplies
         # (softplus, sampling, the Bernoulli log-likelihood) and their backward; it costs ~20-40 s
         # once, so it is only worth it for runs of a few minutes or more.
@@ -174,8 +173,7 @@ class Trainer:
         if self.averaged is not None:
             # On a skipped step the live weights did not move, so the average moves toward finite
             # weights all the same.
-            self._pending_average += 1
-            if self._pending_average == AVERAGE_EVERY:
+            if self.steps - self.averaged_steps == AVERAGE_EVERY:
                 self._fold_average()
         bad = (~finite).long()
         self._skipped = self._skipped + bad
@@ -210,13 +208,12 @@ class Trainer:
         horizon of a thousand steps is the same average. The decay ramps up as (1 + n) / (10 + n)
         so that short runs average over their own steps rather than staying close to the initial
         weights."""
-        if self.averaged is None or self._pending_average == 0:
+        if self.averaged is None or self.averaged_steps == self.steps:
             return
         decay = 1.0
-        for n in range(self.averaged_steps + 1, self.averaged_steps + self._pending_average + 1):
+        for n in range(self.averaged_steps + 1, self.steps + 1):
             decay *= min(self.settings.weight_average_decay, (1 + n) / (10 + n))
-        self.averaged_steps += self._pending_average
-        self._pending_average = 0
+        self.averaged_steps = self.steps
         torch._foreach_lerp_(self._averaged_trained, self.trained, 1.0 - decay)
         for kept, live in zip(self.averaged.buffers(), self.model.buffers()):
             kept.copy_(live)
@@ -446,7 +443,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "averaged_model": self.averaged.state_dict() if self.averaged is not None else None,
             "averaged_steps": self.averaged_steps,
-            "pending_average": self._pending_average,
             "epochs_done": self.epochs_done,
             "step_in_epoch": self.step_in_epoch,
             "steps": self.steps,
@@ -473,7 +469,6 @@ class Trainer:
         if self.averaged is not None and state["averaged_model"] is not None:
             self.averaged.load_state_dict(state["averaged_model"])
         self.averaged_steps = state["averaged_steps"]
-        self._pending_average = state.get("pending_average", 0)  # absent from checkpoints that moved it every step
         self.epochs_done, self.step_in_epoch, self.steps = state["epochs_done"], state["step_in_epoch"], state["steps"]
         device = self.settings.device
         self.sums = {name: value.to(device) for name, value in state["sums"].items()}
