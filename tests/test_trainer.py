@@ -92,12 +92,12 @@ def test_the_average_folded_every_few_steps_follows_the_average_of_every_step(tm
     trainer = Trainer(Drift(), [None] * per_epoch, validate, tmp_path,
                       settings(epochs=epochs, learning_rate=0.01, weight_average_decay=decay_limit,
                                lr_schedule="constant", checkpoint_each_epoch=False))
-    plain, n, step = 0.0, 0, trainer.step
+    plain, step = 0.0, trainer.step
 
     def step_and_average(batch):
-        nonlocal plain, n
+        nonlocal plain
         result = step(batch)
-        n += 1
+        n = trainer.steps
         decay = min(decay_limit, (1 + n) / (10 + n))
         plain = decay * plain + (1 - decay) * trainer.model.weight.item()
         return result
