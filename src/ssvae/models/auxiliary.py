@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from .densities import gaussian_log_density, kl_to_standard_normal
 from .m1 import warmup_weight
 from .m2 import M2Terms, at_least_float32
+from .softplus import Softplus, softplus
 
 # Bound on the log-variances of q(a|x), q(z|a,x,y) and p(a|..). In the unlabelled bound a class
 # that q(y|a,x) rules out gets (almost) no weight, so nothing holds its networks' outputs back: at
@@ -53,7 +54,7 @@ from .m2 import M2Terms, at_least_float32
 # make 4e-3 a stable rate (see DEFAULT_LEARNING_RATES).
 LOGVAR_LIMIT = 10.0
 
-ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU}
+ACTIVATIONS = {"softplus": Softplus, "relu": nn.ReLU}
 
 
 def gaussian_parameters(out: Tensor) -> tuple[Tensor, Tensor]:
@@ -287,7 +288,7 @@ class AuxiliaryDGM(nn.Module):
 
     def _log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
         if self.config.likelihood == "bernoulli":
-            return (x * out - F.softplus(out)).sum(-1)
+            return (x * out - softplus(out)).sum(-1)
         mean, logvar = out.chunk(2, dim=-1)
         return gaussian_log_density(x, mean, logvar)
 

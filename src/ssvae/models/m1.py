@@ -24,12 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SsvaeError
 from .densities import kl_to_standard_normal
 from .m2 import at_least_float32
+from .softplus import Softplus, softplus
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(nn.Softplus())
+            layers.append(Softplus())
     return nn.Sequential(*layers)
 
 
@@ -138,7 +138,7 @@ class M1(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * noise
         logits = at_least_float32(self.decode(z))
         # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
-        log_px = (x * logits).sum(-1) - F.softplus(logits).sum(-1)
+        log_px = (x * logits).sum(-1) - softplus(logits).sum(-1)
         kl = kl_to_standard_normal(mu, logvar)
         return -log_px, kl
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .densities import gaussian_log_density, kl_to_standard_normal
+from .softplus import Softplus, softplus
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class M2(nn.Module):
 
         self.classifier = nn.Sequential(
             nn.Linear(d, config.classifier_hidden_dim),
-            nn.Softplus(),
+            Softplus(),
             nn.Linear(config.classifier_hidden_dim, k),
         )
         # q(z|x,y): first layer W_x x + W_y[y] + b. The x-part is the expensive one (d x h) and is
@@ -143,14 +144,14 @@ class M2(nn.Module):
 
     def encode(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x,y), each (batch, latent_dim), for classes ``y`` (int64, (batch,))."""
-        hidden = F.softplus(self.encoder_x(x) + self.encoder_y[y])
+        hidden = softplus(self.encoder_x(x) + self.encoder_y[y])
         mu, logvar = at_least_float32(self.encoder_head(hidden)).chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: Tensor, y: Tensor) -> Tensor:
         """Parameters of p(x|y,z) for classes ``y`` (int64, (batch,)): Bernoulli logits, (batch, input_dim),
         or Gaussian mean and log-variance side by side, (batch, 2 * input_dim)."""
-        return self.decoder_out(F.softplus(self.decoder_z(z) + self.decoder_y[y]))
+        return self.decoder_out(softplus(self.decoder_z(z) + self.decoder_y[y]))
 
     def pixel_means(self, out: Tensor) -> Tensor:
         """The mean of p(x|y,z) from the decoder's output: sigmoid of the logits, or the Gaussian's mean."""
@@ -198,7 +199,7 @@ class M2(nn.Module):
             (shared[:n_u].unsqueeze(1) + self.encoder_y).flatten(0, 1),  # every class, row b*K + c
             shared[n_u:] + onehot @ self.encoder_y,
         ])
-        mu, logvar = at_least_float32(self.encoder_head(F.softplus(pre))).chunk(2, dim=-1)
+        mu, logvar = at_least_float32(self.encoder_head(softplus(pre))).chunk(2, dim=-1)
         if unlabelled_noise is None:
             noise = torch.randn_like(mu)
         else:
@@ -211,7 +212,7 @@ class M2(nn.Module):
             (first[:n_u * k].unflatten(0, (n_u, k)) + self.decoder_y).flatten(0, 1),
             first[n_u * k:] + onehot @ self.decoder_y,
         ])
-        out = at_least_float32(self.decoder_out(F.softplus(pre)))
+        out = at_least_float32(self.decoder_out(softplus(pre)))
         log_px = self._log_likelihood(unlabelled_x, labelled_x, out)
         kl_z = kl_to_standard_normal(mu, logvar)
         negative = -(log_px - math.log(k) - kl_z)  # log p(y) = -log K
@@ -226,7 +227,7 @@ class M2(nn.Module):
                 (unlabelled_x.unsqueeze(1) * out[:n_u * k].unflatten(0, (n_u, k))).sum(-1).flatten(),
                 (labelled_x * out[n_u * k:]).sum(-1),
             ])
-            return observed - F.softplus(out).sum(-1)
+            return observed - softplus(out).sum(-1)
         x = torch.cat([unlabelled_x.unsqueeze(1).expand(n_u, k, -1).flatten(0, 1), labelled_x])
         mean, logvar = out.chunk(2, dim=-1)
         return gaussian_log_density(x, mean, logvar)
