@@ -16,6 +16,13 @@ Two measurements, one after the other on an otherwise idle machine:
     pip install pyro-ppl        # an optional benchmark dependency: pip install -e '.[bench]'
     python benchmarks/versus_pyro.py [--batch 50 200] [--seconds 20] [--minutes 5]
 
+Beside the speeds it counts each step's matrix-multiply work (torch.utils.flop_counter) and
+measures this machine's matmul rate in each one's dtype, and prints each step's share of that rate
+and the ratio ssvae would reach if its step did nothing but its matrix multiplies at the full rate
+while Pyro's ran as measured: the most any implementation of ssvae's computation could get here.
+ssvae's step needs fewer FLOPs per image than Pyro's (the encoder's x-part is computed once per
+image, not once per class), so the bound is above 1 even where Pyro's own step is efficient.
+
 Prints a table and writes benchmarks/results/versus_pyro.json.
 """
 
@@ -42,12 +49,14 @@ from ssvae.models.m2 import M2, M2Config  # noqa: E402
 from ssvae.runtime import bf16_supported, seed_everything, set_threads  # noqa: E402
 from ssvae.trainer import Trainer, TrainerSettings  # noqa: E402
 from tables import print_table, write_json  # noqa: E402
+from throughput import matmul_rate, step_flops  # noqa: E402
 
 LABELS = 100
 
 
-def ssvae_speed(data, batch: int, seconds: float) -> float:
-    """Unlabelled images/s of ssvae's training step with one labelled image beside ``batch`` unlabelled ones."""
+def ssvae_speed(data, batch: int, seconds: float) -> tuple[float, float]:
+    """Unlabelled images/s of ssvae's training step with one labelled image beside ``batch``
+    unlabelled ones, and the step's matmul GFLOP per unlabelled image."""
     seed_everything(0)
     device = torch.device("cpu")
     labelled = balanced_label_split(data.train_labels, LABELS, 10, seed=0)
@@ -56,19 +65,26 @@ def ssvae_speed(data, batch: int, seconds: float) -> float:
                                     False, device, 0, model.noise_width)
     settings = TrainerSettings(epochs=None, minutes=None, learning_rate=4e-3, device=device,
                                bf16=bf16_supported(device), compile=True, progress=False)
+    gflop = step_flops(model, next(iter(batches))) / 1e9 / batch
     trainer = Trainer(model, batches, lambda m: {}, Path("."), settings)
-    return _time_steps(lambda b: trainer.step(b), batches, seconds) * batch
+    return _time_steps(lambda b: trainer.step(b), batches, seconds) * batch, gflop
 
 
-def pyro_speed(data, batch: int, seconds: float) -> float:
-    """Unlabelled images/s of Pyro's enumerated SVI step on ``batch`` unlabelled images."""
+def pyro_speed(data, batch: int, seconds: float) -> tuple[float, float]:
+    """Unlabelled images/s of Pyro's enumerated SVI step on ``batch`` unlabelled images, and the
+    step's matmul GFLOP per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from pyro_m2 import PyroM2
 
     model = PyroM2(seed=0)
     images = torch.as_tensor(data.train_images)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     batches = [to_inputs(images[order[i:i + batch]], binarize=False) for i in range(0, len(images) - batch, batch)]
-    return _time_steps(model.unlabelled_step, batches, seconds) * batch
+    with FlopCounterMode(display=False) as counter:  # one step, not timed; Pyro's weights move a little
+        model.unlabelled_step(batches[-1])
+    gflop = counter.get_total_flops() / 1e9 / batch
+    return _time_steps(model.unlabelled_step, batches, seconds) * batch, gflop
 
 
 def _time_steps(step, batches, seconds: float) -> float:
@@ -143,11 +159,19 @@ def main() -> None:
     threads = set_threads(args.threads)
     load = os.getloadavg()[0]
     data = load_mnist()
+    cpu = torch.device("cpu")
+    ssvae_dtype = torch.bfloat16 if bf16_supported(cpu) else torch.float32  # Pyro's step runs in float32
     speed = []
     for batch in args.batch:
-        ours, theirs = ssvae_speed(data, batch, args.seconds), pyro_speed(data, batch, args.seconds)
+        ours, our_gflop = ssvae_speed(data, batch, args.seconds)
+        theirs, their_gflop = pyro_speed(data, batch, args.seconds)
+        our_peak, their_peak = matmul_rate(ssvae_dtype, cpu), matmul_rate(torch.float32, cpu)
         speed.append({"batch": batch, "ssvae_images_per_second": ours, "pyro_images_per_second": theirs,
-                      "ratio": ours / theirs})
+                      "ratio": ours / theirs, "ssvae_gflop_per_image": our_gflop, "pyro_gflop_per_image": their_gflop,
+                      "matmul_gflop_per_s": {"ssvae": our_peak, "pyro": their_peak},
+                      "ssvae_share_of_matmul_rate": ours * our_gflop / our_peak,
+                      "pyro_share_of_matmul_rate": theirs * their_gflop / their_peak,
+                      "ratio_bound": our_peak / our_gflop / theirs})
     race = {}
     if args.minutes > 0:
         race = {"minutes": args.minutes, "ssvae": ssvae_accuracy(args.minutes), "pyro": pyro_accuracy(data, args.minutes)}
@@ -156,9 +180,14 @@ def main() -> None:
     write_json(args.out, result)
     print(f"M2, 100 labels, {threads} threads, torch {torch.__version__}, pyro {pyro.__version__}, "
           f"load average before {load:.2f}")
-    print_table(["unlabelled batch", "ssvae images/s", "Pyro images/s", "ssvae / Pyro"],
+    print(f"matmul rate: {speed[-1]['matmul_gflop_per_s']['ssvae']:.0f} GFLOP/s in {str(ssvae_dtype).replace('torch.', '')} (ssvae), "
+          f"{speed[-1]['matmul_gflop_per_s']['pyro']:.0f} in float32 (Pyro)")
+    print_table(["unlabelled batch", "ssvae images/s", "Pyro images/s", "ssvae / Pyro", "GFLOP per image (ssvae, Pyro)",
+                 "share of matmul rate (ssvae, Pyro)", "bound on ssvae / Pyro"],
                 [[str(row["batch"]), f"{row['ssvae_images_per_second']:.0f}", f"{row['pyro_images_per_second']:.0f}",
-                  f"{row['ratio']:.1f}x"] for row in speed])
+                  f"{row['ratio']:.1f}x", f"{row['ssvae_gflop_per_image']:.4f}, {row['pyro_gflop_per_image']:.4f}",
+                  f"{row['ssvae_share_of_matmul_rate']:.0%}, {row['pyro_share_of_matmul_rate']:.0%}",
+                  f"{row['ratio_bound']:.1f}x"] for row in speed])
     if race:
         print(f"\nafter {args.minutes:g} minutes each: ssvae validation {race['ssvae']['val_accuracy']:.4f} "
               f"(test {race['ssvae']['test_accuracy']:.4f}), Pyro validation {race['pyro']['val_accuracy']:.4f}")
