@@ -20,7 +20,7 @@ TIMING = {"minutes", "images_per_second"}
 def train_command(run, *extra):
     return [sys.executable, "-m", "ssvae", "train", "--epochs", "3", "--max-unlabelled", "1200",
             "--unlabelled-batch", "40", "--labelled-batch", "20", "--compile", "off", "--threads", "1",
-            "--checkpoint-minutes", "0.003", "--quiet", "--out", str(run), *extra]
+            "--checkpoint-minutes", "0.003", "--quiet", "--no-report", "--out", str(run), *extra]
 
 
 def learned(run):

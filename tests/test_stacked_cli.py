@@ -7,12 +7,14 @@ import pytest
 from ssvae.cli import main
 
 SMALL = ["--epochs", "1", "--max-unlabelled", "2000", "--compile", "off", "--quiet"]
+# The report is looked at only where M1+M2 trains both stages; elsewhere it would only cost time.
+NO_REPORT = [*SMALL, "--no-report"]
 
 
 @pytest.fixture(scope="module")
 def m1_run(tmp_path_factory, mnist):
     run = tmp_path_factory.mktemp("runs") / "m1"
-    assert main(["train", "--model", "m1", "--unlabelled-batch", "100", *SMALL, "--out", str(run)]) == 0
+    assert main(["train", "--model", "m1", "--unlabelled-batch", "100", *NO_REPORT, "--out", str(run)]) == 0
     return run
 
 
@@ -47,7 +49,7 @@ def test_m1m2_trains_both_stages_in_one_run_directory(tmp_path, mnist):
 def test_m1m2_reuses_a_trained_m1(m1_run, tmp_path, capsys):
     run = tmp_path / "reuse"
     assert main(["train", "--model", "m1m2", "--m1", str(m1_run), "--labelled-batch", "10",
-                 "--active-threshold", "0.01", *SMALL, "--out", str(run)]) == 0
+                 "--active-threshold", "0.01", *NO_REPORT, "--out", str(run)]) == 0
     assert not (run / "m1").exists()
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json"]) == 0
@@ -63,7 +65,7 @@ def test_options_m2_does_not_have_are_refused(option, tmp_path, capsys, mnist):
 
 def test_reusing_a_run_that_is_not_m1_is_refused(tmp_path, capsys, mnist):
     other = tmp_path / "m2"
-    assert main(["train", "--model", "m2", "--labelled-batch", "10", *SMALL, "--out", str(other)]) == 0
+    assert main(["train", "--model", "m2", "--labelled-batch", "10", *NO_REPORT, "--out", str(other)]) == 0
     capsys.readouterr()
     assert main(["train", "--model", "m1m2", "--m1", str(other), *SMALL, "--out", str(tmp_path / "x")]) == 2
     assert "not m1" in capsys.readouterr().err
@@ -83,7 +85,7 @@ def test_baselines_use_the_same_labels_and_report_validation_and_test(m1_run, ca
 def test_sweep_trains_the_grid_writes_its_table_and_reuses_finished_runs(tmp_path, capsys, mnist):
     out = tmp_path / "sweep"
     args = ["sweep", "--model", "m2", "--labels", "20", "50", "--seeds", "2", "--labelled-batch", "10",
-            *SMALL, "--out", str(out)]
+            *NO_REPORT, "--out", str(out)]
     assert main(args) == 0
     summary = json.loads((out / "results.json").read_text())
     assert [(r["labels"], r["seed"]) for r in summary["runs"]] == [(20, 0), (20, 1), (50, 0), (50, 1)]
