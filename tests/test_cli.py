@@ -23,6 +23,7 @@ def test_train_writes_a_complete_run_directory(smoke_run, mnist):
         assert (smoke_run / name).is_file(), name
     config = json.loads((smoke_run / "config.json").read_text())
     assert config["train"]["labels"] == 100 and config["model"]["num_classes"] == 10
+    assert config["model"]["alpha"] == pytest.approx(10.0)  # the default, resolved for 784 pixels and saved
     chosen = np.array(json.loads((smoke_run / "labelled_indices.json").read_text()))
     assert np.bincount(mnist.train_labels[chosen], minlength=10).tolist() == [10] * 10
     epochs = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]

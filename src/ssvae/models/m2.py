@@ -48,6 +48,16 @@ from .densities import gaussian_log_density, kl_to_standard_normal
 from .softplus import Softplus, softplus
 
 
+# The default weight of the labelled cross-entropy, per input dimension. The bounds are sums over
+# the inputs, so the unlabelled bound's pull on the classifier (the gaps between the classes'
+# bounds) grows with the image's size while the cross-entropy's does not. MNIST (784 pixels): alpha
+# 10 against 3 over five label draws of 25 epochs, what 10 minutes buy on a 2-core AVX2 CPU, test
+# 0.914 against 0.905, better on four draws of five (seed 0, 10 minutes: 0.911 against 0.880;
+# it parts fewer threes from fives wrongly). 8x8 digits (64 pixels, 50 labels, 40 epochs): test
+# 0.888 / 0.880 / 0.863 / 0.848 at alpha 1 / 3 / 10 / 30.
+ALPHA_PER_INPUT = 10.0 / 784
+
+
 @dataclass(frozen=True)
 class M2Config:
     """Architecture of M2. Defaults are the paper's: one hidden layer of 500 softplus units."""
@@ -57,11 +67,16 @@ class M2Config:
     latent_dim: int = 50
     hidden_dim: int = 500
     classifier_hidden_dim: int = 500
-    # Weight of the labelled cross-entropy, relative to the per-image bounds (see module docstring).
-    alpha: float = 3.0
+    # Weight of the labelled cross-entropy, relative to the per-image bounds (see module docstring);
+    # None: ALPHA_PER_INPUT * input_dim, resolved when the config is made, so config.json holds the number.
+    alpha: float | None = None
     # p(x|y,z): "bernoulli" for pixels in [0, 1]; "gaussian" (diagonal, mean and log-variance from the
     # decoder) for real-valued features, such as M1's latent z1 in M1+M2.
     likelihood: str = "bernoulli"
+
+    def __post_init__(self):
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", ALPHA_PER_INPUT * self.input_dim)
 
     def validate(self) -> None:
         from ..errors import SsvaeError
