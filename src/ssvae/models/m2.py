@@ -50,11 +50,11 @@ from .softplus import Softplus, softplus
 
 # The default weight of the labelled cross-entropy, per input dimension. The bounds are sums over
 # the inputs, so the unlabelled bound's pull on the classifier (the gaps between the classes'
-# bounds) grows with the image's size while the cross-entropy's does not. MNIST (784 pixels): alpha
-# 10 against 3 over five label draws of 25 epochs, what 10 minutes buy on a 2-core AVX2 CPU, test
-# 0.914 against 0.905, better on four draws of five (seed 0, 10 minutes: 0.911 against 0.880;
-# it parts fewer threes from fives wrongly). 8x8 digits (64 pixels, 50 labels, 40 epochs): test
-# 0.888 / 0.880 / 0.863 / 0.848 at alpha 1 / 3 / 10 / 30.
+# bounds) grows with the image's size while the cross-entropy's does not. MNIST (784 pixels), alpha
+# 10 against 3 on a 2-core AVX2 CPU: seeds 1-4 for 25 epochs each (what 10 minutes buy there) and
+# seed 0 for 10 minutes, test 0.914 against 0.905 on average, better on four draws of five (seed 0:
+# 0.911 against 0.880; it parts fewer threes from fives wrongly); alpha 20 no better. 8x8 digits
+# (64 pixels, 50 labels, 40 epochs): test 0.888 / 0.880 / 0.863 / 0.848 at alpha 1 / 3 / 10 / 30.
 ALPHA_PER_INPUT = 10.0 / 784
 
 
