@@ -52,6 +52,8 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     (["--model", "m7"], "unknown model"),
     (["--epochs", "0"], "at least 1"),
     (["--device", "cuda:3"] , "cuda"),
+    (["--class-balance", "5"], "option of adgm and sdgm"),
+    (["--model", "sdgm", "--kl-scale", "0"], "kl_scale must be a positive number"),
 ])
 def test_impossible_options_stop_with_one_line(options, reason, tmp_path, capsys, mnist):
     code = main(["train", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", *options])

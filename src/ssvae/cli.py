@@ -88,13 +88,19 @@ def _add_how_to_train(p) -> None:
                    help="hidden units per layer of every network (model default: 500; 600 for M1)")
     p.add_argument("--hidden-layers", type=int, default=None,
                    help="m1, adgm, sdgm: hidden layers per network (model default: 2 for M1, 1 for ADGM and SDGM; "
-                   "the ADGM paper used 2, with --hidden-dim 500 --latent-dim 100 --lr 3e-4 --activation relu)")
+                   "the ADGM paper used 2, with --hidden-dim 500 --latent-dim 100 --lr 3e-4 --kl-scale 1 --class-balance 0)")
     p.add_argument("--activation", choices=tuple(ACTIVATIONS), default=None,
-                   help="adgm, sdgm: the non-linearity between layers (model default: softplus, as in M2; the "
-                   "ADGM paper's code used relu)")
+                   help="adgm, sdgm: the non-linearity between layers (model default: relu, as in the ADGM paper's "
+                   "code; softplus as in M2)")
     p.add_argument("--kl-warmup", type=int, default=None, metavar="STEPS",
                    help="M1 (alone or as M1+M2's first stage), ADGM, SDGM: steps over which the weight of the KL "
                    "terms rises from 0 to 1 (model default: 10000 for M1; 0, none, for ADGM and SDGM)")
+    p.add_argument("--kl-scale", type=float, default=None, metavar="B",
+                   help="adgm, sdgm: weight of the KL terms in the training loss once warmed up (model default: 2; "
+                   "1 is the paper's bound)")
+    p.add_argument("--class-balance", type=float, default=None, metavar="W",
+                   help="adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled images "
+                   "toward the uniform p(y) (model default: 50; 0, none, as in the paper)")
     p.add_argument("--binarize", action="store_true",
                    help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
                    "binarisation) instead of using its grey level")
@@ -154,6 +160,11 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         if model not in ("adgm", "sdgm"):
             raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
         options["activation"] = args.activation
+    for name in ("kl_scale", "class_balance"):
+        if getattr(args, name) is not None:
+            if model not in ("adgm", "sdgm"):
+                raise SsvaeError(f"--{name.replace('_', '-')} is an option of adgm and sdgm, not of {model}")
+            options[name] = getattr(args, name)
     if args.kl_warmup is not None:  # M1+M2 passes it to its first stage, M1
         if model == "m2":
             raise SsvaeError("--kl-warmup is an option of m1, m1m2, adgm and sdgm, not of m2")

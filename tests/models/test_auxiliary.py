@@ -88,7 +88,7 @@ def test_batched_bounds_match_a_loop_over_images_and_classes(skip):
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
 def test_the_unlabelled_bound_sums_the_classes_out_under_q(skip):
-    model = small(skip)
+    model = small(skip, class_balance=0.0)
     generator = torch.Generator().manual_seed(2)
     batch = Batch(torch.rand(2, D, generator=generator, dtype=torch.float64), torch.tensor([1, 3]),
                   torch.rand(3, D, generator=generator, dtype=torch.float64), 0.25,
@@ -109,22 +109,81 @@ def test_the_unlabelled_bound_sums_the_classes_out_under_q(skip):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def a_batch(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return Batch(torch.rand(2, D, generator=generator, dtype=torch.float64), torch.tensor([1, 3]),
+                 torch.rand(3, D, generator=generator, dtype=torch.float64), 0.25,
+                 torch.randn(2, model.noise_width, generator=generator, dtype=torch.float64),
+                 torch.randn(3, model.noise_width, generator=generator, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
-def test_kl_warmup_weights_the_kl_terms_of_the_training_loss_then_ends(skip):
-    model = small(skip, kl_warmup_steps=10)
-    generator = torch.Generator().manual_seed(3)
-    batch = Batch(torch.rand(2, D, generator=generator, dtype=torch.float64), torch.tensor([1, 3]),
-                  torch.rand(3, D, generator=generator, dtype=torch.float64), 0.25,
-                  torch.randn(2, model.noise_width, generator=generator, dtype=torch.float64),
-                  torch.randn(3, model.noise_width, generator=generator, dtype=torch.float64))
-    for step, weight in [(4, 0.4), (25, 1.0)]:
+def test_warmup_and_kl_scale_weight_the_kl_terms_of_the_loss_but_not_the_logged_bounds(skip):
+    model = small(skip, kl_warmup_steps=10, kl_scale=2.0, class_balance=0.0)
+    batch = a_batch(model, 3)
+    for step, weight in [(4, 0.8), (25, 2.0)]:  # 2 x 4/10 of the way through the warm-up, then 2
         model.at_step(step)
         with torch.no_grad():
             terms = model.loss(batch)
-        expected = [slow_negative_bound(model, batch.labelled_x[b], int(batch.labelled_y[b]),
-                                        batch.labelled_noise[b, :A], batch.labelled_noise[b, A:A + Z], weight)[0]
-                    for b in range(2)]
-        assert terms.labelled_bound.item() == pytest.approx(sum(expected) / 2, abs=1e-9)
+            labelled, per_class, logits = model.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+                                                       batch.labelled_noise, batch.unlabelled_noise, weight)
+        q = F.softmax(logits[:3], dim=-1)
+        unlabelled = ((q * per_class).sum(-1) + (q * q.log()).sum(-1)).mean()
+        cross_entropy = F.cross_entropy(logits[3:], batch.labelled_y)
+        expected = 0.25 * labelled.mean() + 0.75 * unlabelled + model.config.alpha * cross_entropy
+        torch.testing.assert_close(terms.loss, expected)
+        # What is logged is the bound itself, -L at KL weight 1, term by term.
+        bound = [slow_negative_bound(model, batch.labelled_x[b], int(batch.labelled_y[b]),
+                                     batch.labelled_noise[b, :A], batch.labelled_noise[b, A:A + Z])[0]
+                 for b in range(2)]
+        assert terms.labelled_bound.item() == pytest.approx(sum(bound) / 2, abs=1e-9)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
+def test_class_balance_pulls_frequent_classes_down_from_running_frequencies(skip):
+    model, paper = small(skip, class_balance=3.0), small(skip, class_balance=0.0)  # the same weights
+    frequencies = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    model.class_frequencies.copy_(frequencies)
+    batch = a_batch(model, 4)
+    terms, without = model.loss(batch), paper.loss(batch)
+    with torch.no_grad():
+        logits = model.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+                              batch.labelled_noise, batch.unlabelled_noise)[2]
+    batch_frequencies = F.softmax(logits[:3], dim=-1).mean(0)
+    # The running frequencies move 1% of the way to this batch's, then weigh its classes.
+    running = frequencies + 0.01 * (batch_frequencies - frequencies)
+    torch.testing.assert_close(model.class_frequencies, running)
+    expected = without.loss + 3.0 * sum(batch_frequencies[c] * math.log(K * running[c]) for c in range(K))
+    torch.testing.assert_close(terms.loss, expected)
+    # The gradient in q(y|a,x) lowers the classes given more often than 1/K: the logit of class 0
+    # (running 0.4) is pushed down harder than without the term, class 3's (0.1) less or up.
+    logit_gradients = []
+    for network in (model, paper):
+        network.zero_grad()
+        captured = {}
+        handle = network.classifier.rest[-1].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+        loss = network.loss(batch).loss
+        handle.remove()
+        out = captured["out"]
+        logit_gradients.append(torch.autograd.grad(loss, out)[0][:3].sum(0))
+    difference = logit_gradients[0] - logit_gradients[1]
+    assert difference[0] > 0 > difference[3]  # gradient descent lowers logit 0, raises logit 3
+    # Evaluation leaves the objective and the running frequencies alone.
+    model.eval()
+    before = model.class_frequencies.clone()
+    paper.eval()
+    torch.testing.assert_close(model.loss(batch).loss, paper.loss(batch).loss)
+    assert torch.equal(model.class_frequencies, before)
+
+
+def test_weights_saved_before_the_class_balance_term_still_load():
+    model = small(True)
+    state = model.state_dict()
+    del state["class_frequencies"]
+    fresh = small(True)
+    fresh.class_frequencies.fill_(0.5)
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.class_frequencies, torch.full((K,), 1.0 / K, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
