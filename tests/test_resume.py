@@ -123,3 +123,22 @@ def test_resume_of_a_missing_run_says_so(tmp_path, capsys):
 
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_model_it_began_with_across_changed_defaults(tmp_path):
+    from ssvae.config import TrainConfig, save_config
+    from ssvae.experiment import resumed_model_config
+    from ssvae.models.auxiliary import AuxiliaryConfig
+
+    began = AuxiliaryConfig(skip=True, activation="softplus", hidden_dims=(300,))
+    save_config(tmp_path / "config.json", TrainConfig(model="sdgm"), began)
+    assert resumed_model_config(tmp_path, "sdgm") == began
+    # A run written before the KL weight and the class balance were options was trained with the
+    # paper's objective, and is resumed with it, not with today's defaults.
+    payload = json.loads((tmp_path / "config.json").read_text())
+    for name in ("kl_scale", "class_balance"):
+        del payload["model"][name]
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    resumed = resumed_model_config(tmp_path, "sdgm")
+    assert (resumed.kl_scale, resumed.class_balance, resumed.activation, resumed.hidden_dims) == (1.0, 0.0,
+                                                                                                   "softplus", (300,))

@@ -149,7 +149,10 @@ def _train(config: TrainConfig, run_dir: Path, overwrite: bool, progress: bool, 
         config.labels = len(labelled)
     elif not resume:
         labelled = balanced_label_split(data.train_labels, config.labels, data.num_classes, config.seed)
-    model_config = initial_model_config(config, data)
+    if resume and config.model in CLASSIFIERS:
+        model_config = resumed_model_config(run_dir, config.model)
+    else:
+        model_config = initial_model_config(config, data)
     if not resume and processes.is_main:
         run_dir = prepare_run_dir(run_dir, overwrite)
         save_config(run_dir / "config.json", config, model_config, data_facts(data))
@@ -219,6 +222,23 @@ def initial_model_config(config: TrainConfig, data):
             return model_config
     except TypeError as error:
         raise SsvaeError(f"model {config.model}: {error}") from None
+    model_config.validate()
+    return model_config
+
+
+def resumed_model_config(run_dir: Path, model: str):
+    """The model config a run was started with, as its config.json records it, so that a run resumed
+    after a default changed goes on as it began. Options the file lacks predate it: they take the
+    values that reproduce what the code then did (``DEFAULTS_BEFORE_THEY_WERE_OPTIONS``)."""
+    from .models import REGISTRY
+
+    _, saved = load_config(Path(run_dir) / "config.json")
+    config_class = REGISTRY[model][1]
+    earlier = getattr(config_class, "DEFAULTS_BEFORE_THEY_WERE_OPTIONS", {})
+    try:
+        model_config = config_class(**{**earlier, **saved})
+    except TypeError as error:
+        raise SsvaeError(f"{run_dir}/config.json: model {model}: {error}") from None
     model_config.validate()
     return model_config
 

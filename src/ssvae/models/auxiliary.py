@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,10 @@ class AuxiliaryConfig:
     # AVX2 CPU ReLU's compiled SDGM step is as fast (1,039 against 996 images/s, one thread), and
     # ahead by the epoch; on an AVX512-BF16 CPU it was slower (1,543 against 2,026).
     activation: str = "relu"
+
+    # What a run recorded before kl_scale and class_balance existed was trained with: the paper's
+    # objective (read when such a run is resumed).
+    DEFAULTS_BEFORE_THEY_WERE_OPTIONS: ClassVar[dict] = {"kl_scale": 1.0, "class_balance": 0.0}
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
