@@ -70,7 +70,8 @@ LOGVAR_LIMIT = 10.0
 
 # Defaults of kl_scale and class_balance (see the module's story), from 10-minute SDGM runs of
 # seed 2, whose fives go to 3, one thread each, validation accuracy: the paper's objective 0.888;
-# kl_scale 2 0.900 (4: 0.887); with ReLU 0.902; with class_balance 20 as well 0.932, 50 0.943.
+# kl_scale 2 0.900 (4: 0.887); with ReLU 0.902; with class_balance 20 as well 0.932, 50 0.944
+# (100: 0.903).
 KL_SCALE = 2.0
 CLASS_BALANCE = 50.0
 # Per step, how far the running class frequencies m move toward the batch's: about 100 steps'
@@ -382,8 +383,9 @@ class AuxiliaryDGM(nn.Module):
         """sum_y qbar(y) log(K m(y)): qbar, the batch's mean of q(y|a,x) over its unlabelled images;
         m, a running mean of qbar over about a hundred steps, held fixed. Its gradient in qbar is
         that of KL(m || p(y)) in m, as m follows qbar (up to a constant, which sums to nothing over
-        y): classes given more often than 1/K are pulled down, the rarer ones up. It is linear in qbar, so processes that
-        each average their own share of a batch get, averaged, the whole batch's gradient."""
+        y): classes given more often than 1/K are pulled down, the rarer ones up. It is linear in
+        qbar, so processes that each average their own share of a batch get, averaged, the whole
+        batch's gradient."""
         batch_frequencies = q.mean(0)
         with torch.no_grad():
             self.class_frequencies.lerp_(batch_frequencies.detach(), CLASS_FREQUENCY_RATE)
