@@ -10,6 +10,7 @@ M1 stage.
     python benchmarks/time_to_accuracy.py [--model m2|m1m2|adgm|sdgm] [--seeds 0 1 2 3 4] [--minutes 10]
                                           [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
                                           [--kl-scale B] [--class-balance W]
+                                          [--adversarial W] [--adversarial-radius R]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
@@ -51,6 +52,10 @@ def main() -> None:
                         help="ADGM, SDGM: the KL terms' weight (default: the model's own; 1 is the paper's bound)")
     parser.add_argument("--class-balance", type=float, default=None,
                         help="ADGM, SDGM: weight of the class-balance term (default: the model's own; 0: none)")
+    parser.add_argument("--adversarial", type=float, default=None, dest="adversarial_weight",
+                        help="ADGM, SDGM: weight of the virtual adversarial term (default: the model's own; 0: none)")
+    parser.add_argument("--adversarial-radius", type=float, default=None,
+                        help="ADGM, SDGM: length of the adversarial perturbation (default: the model's own)")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to time")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -68,7 +73,9 @@ def main() -> None:
     if args.threads is None and args.jobs > 1:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     options = {name: value for name, value in [("alpha", args.alpha), ("kl_scale", args.kl_scale),
-                                                ("class_balance", args.class_balance)] if value is not None}
+                                                ("class_balance", args.class_balance),
+                                                ("adversarial_weight", args.adversarial_weight),
+                                                ("adversarial_radius", args.adversarial_radius)] if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,
                            model_options=options)

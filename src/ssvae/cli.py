@@ -101,6 +101,12 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--class-balance", type=float, default=None, metavar="W",
                    help="adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled images "
                    "toward the uniform p(y) (model default: 50; 0, none, as in the paper)")
+    p.add_argument("--adversarial", type=float, default=None, metavar="W", dest="adversarial_weight",
+                   help="adgm, sdgm: weight of the virtual adversarial smoothness term on the classifier q(y|a,x) "
+                   "(model default: 1; 0, none, as in the paper)")
+    p.add_argument("--adversarial-radius", type=float, default=None, metavar="R",
+                   help="adgm, sdgm: length of the adversarial perturbation of an image, whose pixels lie in [0, 1] "
+                   "(model default: 2)")
     p.add_argument("--binarize", action="store_true",
                    help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
                    "binarisation) instead of using its grey level")
@@ -160,10 +166,11 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         if model not in ("adgm", "sdgm"):
             raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
         options["activation"] = args.activation
-    for name in ("kl_scale", "class_balance"):
+    for name in ("kl_scale", "class_balance", "adversarial_weight", "adversarial_radius"):
         if getattr(args, name) is not None:
             if model not in ("adgm", "sdgm"):
-                raise SsvaeError(f"--{name.replace('_', '-')} is an option of adgm and sdgm, not of {model}")
+                flag = "adversarial" if name == "adversarial_weight" else name.replace("_", "-")
+                raise SsvaeError(f"--{flag} is an option of adgm and sdgm, not of {model}")
             options[name] = getattr(args, name)
     if args.kl_warmup is not None:  # M1+M2 passes it to its first stage, M1
         if model == "m2":

@@ -1,5 +1,6 @@
 """ADGM and SDGM: the batched bounds against a slow loop over images and classes, in float64."""
 
+import dataclasses
 import math
 
 import pytest
@@ -88,7 +89,7 @@ def test_batched_bounds_match_a_loop_over_images_and_classes(skip):
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
 def test_the_unlabelled_bound_sums_the_classes_out_under_q(skip):
-    model = small(skip, class_balance=0.0)
+    model = small(skip, class_balance=0.0, adversarial_weight=0.0)
     generator = torch.Generator().manual_seed(2)
     batch = Batch(torch.rand(2, D, generator=generator, dtype=torch.float64), torch.tensor([1, 3]),
                   torch.rand(3, D, generator=generator, dtype=torch.float64), 0.25,
@@ -119,7 +120,7 @@ def a_batch(model, seed):
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
 def test_warmup_and_kl_scale_weight_the_kl_terms_of_the_loss_but_not_the_logged_bounds(skip):
-    model = small(skip, kl_warmup_steps=10, kl_scale=2.0, class_balance=0.0)
+    model = small(skip, kl_warmup_steps=10, kl_scale=2.0, class_balance=0.0, adversarial_weight=0.0)
     batch = a_batch(model, 3)
     for step, weight in [(4, 0.8), (25, 2.0)]:  # 2 x 4/10 of the way through the warm-up, then 2
         model.at_step(step)
@@ -141,7 +142,8 @@ def test_warmup_and_kl_scale_weight_the_kl_terms_of_the_loss_but_not_the_logged_
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
 def test_class_balance_pulls_frequent_classes_down_from_running_frequencies(skip):
-    model, paper = small(skip, class_balance=3.0), small(skip, class_balance=0.0)  # the same weights
+    model = small(skip, class_balance=3.0, adversarial_weight=0.0)
+    paper = small(skip, class_balance=0.0, adversarial_weight=0.0)  # the same weights
     frequencies = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
     model.class_frequencies.copy_(frequencies)
     batch = a_batch(model, 4)
@@ -174,6 +176,55 @@ def test_class_balance_pulls_frequent_classes_down_from_running_frequencies(skip
     paper.eval()
     torch.testing.assert_close(model.loss(batch).loss, paper.loss(batch).loss)
     assert torch.equal(model.class_frequencies, before)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
+def test_adversarial_term_perturbs_images_where_the_classifier_is_most_sensitive(skip):
+    radius = 0.3
+    model = small(skip, class_balance=0.0, adversarial_weight=2.0, adversarial_radius=radius)
+    paper = small(skip, class_balance=0.0, adversarial_weight=0.0)  # the same weights, without the term
+    batch = a_batch(model, 5)
+    terms = model.loss(batch)
+    # The loss is the paper's plus the weighted term, whose random probe is the end of each image's
+    # noise (so that a resumed or distributed run draws the same); the rest of the noise is as before.
+    assert model.noise_width == paper.noise_width + D
+    _, _, logits, x, a, probe = model._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+                                                  batch.labelled_noise, batch.unlabelled_noise)
+    torch.testing.assert_close(probe, torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, -D:])
+    term = model._adversarial_term(x, a.detach(), logits.detach(), probe)
+    shorter = dataclasses.replace(batch, labelled_noise=batch.labelled_noise[:, :-D],
+                                  unlabelled_noise=batch.unlabelled_noise[:, :-D])
+    torch.testing.assert_close(terms.loss, paper.loss(shorter).loss + 2.0 * term)
+
+    # Written out: the mean over the images of KL(q(y|a,x) || q(y|a,x+r)) over every r of the radius.
+    def divergence(r):
+        target = F.softmax(logits.detach(), dim=-1)
+        shifted = F.log_softmax(model.class_logits(x + r, a.detach()), dim=-1)
+        return (target * (target.log() - shifted)).sum(-1)
+
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(2)
+        random = F.normalize(torch.randn(500, *x.shape, generator=generator, dtype=x.dtype), dim=-1) * radius
+        by_direction = torch.stack([divergence(r) for r in random]).mean(-1)
+    # The direction found changes the classifier more than any of 500 random ones of the same length.
+    assert term > by_direction.max() > 0
+    # It trains the classifier only, and evaluation leaves it out.
+    names, parameters = zip(*model.named_parameters())
+    gradients = torch.autograd.grad(term, parameters, allow_unused=True)
+    trained = [name for name, gradient in zip(names, gradients) if gradient is not None]
+    assert trained and all(name.startswith("classifier.") for name in trained)
+    model.eval()
+    paper.eval()
+    torch.testing.assert_close(model.loss(batch).loss, paper.loss(batch).loss)
+
+
+def test_adversarial_options_are_checked():
+    from ssvae.errors import SsvaeError
+
+    with pytest.raises(SsvaeError, match="adversarial_weight"):
+        AuxiliaryConfig(adversarial_weight=-1.0).validate()
+    with pytest.raises(SsvaeError, match="adversarial_radius"):
+        AuxiliaryConfig(adversarial_radius=0.0).validate()
 
 
 def test_weights_saved_before_the_class_balance_term_still_load():

@@ -41,6 +41,16 @@ them, with a gradient toward the right class scaled by its near-zero probability
   KL(m || p(y)), which pulls down a class given more often than p(y) = 1/K says, before
   q(y|a,x) is sure of the images it took.
 
+A third change, also on by default, works on the classifier alone (``adversarial_weight``; 0
+leaves it out): a virtual adversarial smoothness term (Miyato et al. 2018),
+
+    adversarial_weight * mean over the batch's images of KL(q(y|a,x) || q(y|a,x+r)),
+
+with r of length ``adversarial_radius`` in the direction in which q(y|a,x) changes most, found by
+one power iteration from a short random probe, and a held fixed. Once q(y|a,x) is sure of an image
+the bounds above give it almost no gradient; this term still asks that images close to each other
+get the same class, which is what the unlabelled images' clusters say.
+
 At test time q(y|a,x) is averaged over ``eval_samples`` draws of a from q(a|x), since a single
 draw makes the classifier noisy.
 """
@@ -74,9 +84,20 @@ LOGVAR_LIMIT = 10.0
 # (100: 0.903).
 KL_SCALE = 2.0
 CLASS_BALANCE = 50.0
+# Defaults of the adversarial term (see the module's story), from 10-minute SDGM runs of seed 2,
+# one thread each, validation accuracy: without it 0.944; weight 1, radius 2 0.960 (radius 1:
+# 0.960); weight 3, radius 1 0.960, radius 2 0.930; weight 10, radius 2 0.804. Over the hour (seeds
+# 0 and 2) test accuracy 0.975 and 0.977, against 0.965 and 0.965 without it.
+ADVERSARIAL_WEIGHT = 1.0
+ADVERSARIAL_RADIUS = 2.0
 # Per step, how far the running class frequencies m move toward the batch's: about 100 steps'
 # memory, 5,000 unlabelled images at the default batch, so that m is not one batch's noise.
 CLASS_FREQUENCY_RATE = 0.01
+
+# Length of the random probe from which the adversarial direction is found: small beside an image
+# (an MNIST digit's length is about 9), large enough that the change it makes in q(y|a,x) stands
+# well above float32 rounding.
+ADVERSARIAL_PROBE = 0.1
 
 ACTIVATIONS = {"softplus": Softplus, "relu": nn.ReLU}
 
@@ -95,8 +116,9 @@ class AuxiliaryConfig:
     hundreds of epochs at a learning rate of 3e-4. With minutes rather than days, M2's shape learns
     far faster: ADGM, seed 0, one thread, 10 minutes, validation accuracy 0.932 with one hidden
     layer and a z of 50 at 4e-3, against 0.836 with the paper's networks at 1e-3 and 0.813 at 4e-3.
-    ``hidden_dims=(500, 500), latent_dim=100, kl_scale=1, class_balance=0`` (``--hidden-layers 2
-    --latent-dim 100 --kl-scale 1 --class-balance 0``) restores them and the paper's objective.
+    ``hidden_dims=(500, 500), latent_dim=100, kl_scale=1, class_balance=0, adversarial_weight=0``
+    (``--hidden-layers 2 --latent-dim 100 --kl-scale 1 --class-balance 0 --adversarial 0``) restores
+    them and the paper's objective.
     """
 
     input_dim: int = 784
@@ -121,10 +143,17 @@ class AuxiliaryConfig:
     # AVX2 CPU ReLU's compiled SDGM step is as fast (1,039 against 996 images/s, one thread), and
     # ahead by the epoch; on an AVX512-BF16 CPU it was slower (1,543 against 2,026).
     activation: str = "relu"
+    # Weight of a virtual adversarial smoothness term on q(y|a,x) (Miyato et al. 2018): the KL from
+    # q(y|a,x) to q(y|a,x+r), with r of length ``adversarial_radius`` (pixels in [0, 1]) in the
+    # direction that changes the classifier most (see the module's story). 0 leaves it out, as in
+    # the paper.
+    adversarial_weight: float = ADVERSARIAL_WEIGHT
+    adversarial_radius: float = ADVERSARIAL_RADIUS
 
-    # What a run recorded before kl_scale and class_balance existed was trained with: the paper's
-    # objective (read when such a run is resumed).
-    DEFAULTS_BEFORE_THEY_WERE_OPTIONS: ClassVar[dict] = {"kl_scale": 1.0, "class_balance": 0.0}
+    # What a run recorded before kl_scale, class_balance and adversarial_weight existed was trained
+    # with: the paper's objective (read when such a run is resumed).
+    DEFAULTS_BEFORE_THEY_WERE_OPTIONS: ClassVar[dict] = {"kl_scale": 1.0, "class_balance": 0.0,
+                                                         "adversarial_weight": 0.0}
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
@@ -138,6 +167,10 @@ class AuxiliaryConfig:
             raise SsvaeError(f"auxiliary model: kl_scale must be a positive number, got {self.kl_scale}")
         if not self.class_balance >= 0:
             raise SsvaeError(f"auxiliary model: class_balance must be 0 or more, got {self.class_balance}")
+        if not self.adversarial_weight >= 0:
+            raise SsvaeError(f"auxiliary model: adversarial_weight must be 0 or more, got {self.adversarial_weight}")
+        if not self.adversarial_radius > 0:
+            raise SsvaeError(f"auxiliary model: adversarial_radius must be a positive number, got {self.adversarial_radius}")
         for name in ("input_dim", "latent_dim", "aux_dim", "eval_samples"):
             if getattr(self, name) < 1:
                 raise SsvaeError(f"auxiliary model: {name} must be a positive integer, got {getattr(self, name)}")
@@ -232,8 +265,11 @@ class AuxiliaryDGM(nn.Module):
 
     @property
     def noise_width(self) -> int:
-        """Noise per image and step: one a, then one z per class."""
-        return self.config.aux_dim + self.config.num_classes * self.config.latent_dim
+        """Noise per image and step: one a, then one z per class, then (with the adversarial term)
+        the random probe from which the adversarial direction is found."""
+        c = self.config
+        probe = c.input_dim if c.adversarial_weight > 0 else 0
+        return c.aux_dim + c.num_classes * c.latent_dim + probe
 
     # -- the pieces of the story -------------------------------------------------------------------
 
@@ -302,6 +338,11 @@ class AuxiliaryDGM(nn.Module):
         that a KL warm-up or ``kl_scale`` weights; and the logits of q(y|a,x) (see ``bounds``).
         Rows are laid out as in M2: B_u*K rows for the unlabelled images (row b*K + c), then B_l
         rows for the labelled ones."""
+        return self._pair_terms(labelled_x, labelled_y, unlabelled_x, labelled_noise, unlabelled_noise)[:3]
+
+    def _pair_terms(self, labelled_x, labelled_y, unlabelled_x, labelled_noise=None, unlabelled_noise=None):
+        """``pair_terms``, and the images (unlabelled first), the draw of a they were computed at, and
+        the rest of each image's noise (the adversarial term's probe)."""
         c = self.config
         k, n_u, n_l = c.num_classes, unlabelled_x.shape[0], labelled_x.shape[0]
         x = torch.cat([unlabelled_x, labelled_x])
@@ -309,7 +350,8 @@ class AuxiliaryDGM(nn.Module):
             noise = torch.randn(n_u + n_l, self.noise_width, device=x.device, dtype=x.dtype)
         else:
             noise = torch.cat([unlabelled_noise, labelled_noise])
-        a_noise, z_noise = noise[:, :c.aux_dim], noise[:, c.aux_dim:]
+        z_end = c.aux_dim + k * c.latent_dim
+        a_noise, z_noise, probe_noise = noise[:, :c.aux_dim], noise[:, c.aux_dim:z_end], noise[:, z_end:]
 
         a_mean, a_logvar = self.aux_posterior(x)
         a = a_mean + torch.exp(0.5 * a_logvar) * a_noise  # one draw per image
@@ -343,7 +385,7 @@ class AuxiliaryDGM(nn.Module):
         log_pa = gaussian_log_density(a_rows, pa_mean, pa_logvar)
         log_px = self._log_likelihood(x[image_of_row], at_least_float32(decoded))
 
-        return math.log(k) - log_px, log_qa[image_of_row] - log_pa + kl_z, class_logits
+        return math.log(k) - log_px, log_qa[image_of_row] - log_pa + kl_z, class_logits, x, a, probe_noise
 
     def _log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
         if self.config.likelihood == "bernoulli":
@@ -358,8 +400,8 @@ class AuxiliaryDGM(nn.Module):
     def loss(self, batch) -> M2Terms:
         """The training objective J on one batch (see the module's story)."""
         c, n_u = self.config, batch.unlabelled_x.shape[0]
-        fit, kl, class_logits = self.pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
-                                                batch.labelled_noise, batch.unlabelled_noise)
+        fit, kl, class_logits, x, a, probe = self._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+                                                              batch.labelled_noise, batch.unlabelled_noise)
         log_q = F.log_softmax(class_logits[:n_u], dim=-1)
         q = log_q.exp()
         entropy = -(q * log_q).sum(-1)
@@ -374,6 +416,8 @@ class AuxiliaryDGM(nn.Module):
         loss = share * labelled + (1 - share) * unlabelled + c.alpha * classification
         if c.class_balance > 0 and self.training:
             loss = loss + c.class_balance * self._class_balance_term(q)
+        if c.adversarial_weight > 0 and self.training:
+            loss = loss + c.adversarial_weight * self._adversarial_term(x, a.detach(), class_logits.detach(), probe)
         with torch.no_grad():  # what is logged: the bounds themselves, whatever the KL terms' weight
             labelled_bound, unlabelled_bound = labelled_and_unlabelled(fit + kl)
         return M2Terms(loss=loss, labelled_bound=labelled_bound, unlabelled_bound=unlabelled_bound,
@@ -390,3 +434,21 @@ class AuxiliaryDGM(nn.Module):
         with torch.no_grad():
             self.class_frequencies.lerp_(batch_frequencies.detach(), CLASS_FREQUENCY_RATE)
         return (batch_frequencies * (self.class_frequencies * self.config.num_classes).log()).sum()
+
+    def _adversarial_term(self, x: Tensor, a: Tensor, clean_logits: Tensor, probe_noise: Tensor) -> Tensor:
+        """Mean over the images of KL(q(y|a,x) || q(y|a,x+r)), r the virtual adversarial
+        perturbation of length ``adversarial_radius``: the gradient of that KL at a short random
+        probe (from ``probe_noise``, standard normal, one row per image) rescaled, one power iteration
+        toward the direction in which the classifier changes most."""
+        target = F.softmax(clean_logits, dim=-1)
+        log_target = F.log_softmax(clean_logits, dim=-1)
+
+        def divergence(r: Tensor) -> Tensor:
+            log_q = F.log_softmax(at_least_float32(self.class_logits(x + r, a)), dim=-1)
+            return (target * (log_target - log_q)).sum(-1)
+
+        with torch.enable_grad():
+            probe = (ADVERSARIAL_PROBE * F.normalize(probe_noise.to(x.dtype), dim=-1)).requires_grad_()
+            (direction,) = torch.autograd.grad(divergence(probe).sum(), probe)
+        r = self.config.adversarial_radius * F.normalize(direction.detach(), dim=-1)
+        return divergence(r).mean()
