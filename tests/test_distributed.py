@@ -1,5 +1,7 @@
 """One model trained by two processes under torchrun (gloo on CPU) against one process with the
-same global batch: the same weights and figures, and files written by rank 0 alone."""
+same global batch: the same weights and figures, and files written by rank 0 alone. M2, and SDGM
+with its defaults, whose class-balance frequencies and adversarial probes must also follow the
+whole batch."""
 
 import json
 import os
@@ -12,7 +14,7 @@ import torch
 
 from ssvae.checkpoint import load_checkpoint
 
-TRAIN = ["train", "--model", "m2", "--labels", "100", "--epochs", "2", "--max-unlabelled", "1000",
+TRAIN = ["--labels", "100", "--epochs", "2", "--max-unlabelled", "1000",
          "--labelled-batch", "10", "--unlabelled-batch", "100", "--compile", "off", "--bf16", "off",
          "--threads", "1", "--quiet", "--no-report", "--out", "run"]
 
@@ -26,26 +28,28 @@ LAUNCH = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, mnist):
-    root = tmp_path_factory.mktemp("ddp")
+@pytest.fixture(scope="module", params=["m2", "sdgm"])
+def runs(request, tmp_path_factory, mnist):
+    model = request.param
+    train = ["train", "--model", model, *TRAIN]
+    root = tmp_path_factory.mktemp(f"ddp-{model}")
     for rank in (0, 1):
         (root / f"rank{rank}").mkdir()
     (root / "launch.py").write_text(LAUNCH)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     both = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--standalone", str(root / "launch.py"), *TRAIN],
+                           "--standalone", str(root / "launch.py"), *train],
                           cwd=root, capture_output=True, text=True, timeout=120, env=env)
     assert both.returncode == 0, both.stderr[-3000:]
     (root / "single").mkdir()
-    one = subprocess.run([sys.executable, "-m", "ssvae", *TRAIN], cwd=root / "single", capture_output=True,
+    one = subprocess.run([sys.executable, "-m", "ssvae", *train], cwd=root / "single", capture_output=True,
                          text=True, timeout=120, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
-    return root, both
+    return root, both, model
 
 
 def test_two_processes_learn_what_one_process_learns_from_the_same_global_batches(runs):
-    root, _ = runs
+    root, _, _ = runs
     together = load_checkpoint(root / "rank0" / "run" / "last.pt")
     alone = load_checkpoint(root / "single" / "run" / "last.pt")
     assert together["steps"] == alone["steps"] == 20
@@ -64,11 +68,11 @@ def test_two_processes_learn_what_one_process_learns_from_the_same_global_batche
 
 
 def test_only_rank_0_writes_and_speaks(runs):
-    root, both = runs
+    root, both, model = runs
     assert sorted(p.name for p in (root / "rank0" / "run").iterdir()) == sorted(
         p.name for p in (root / "single" / "run").iterdir())
     assert list((root / "rank1").iterdir()) == []
-    assert both.stdout.count("test accuracy") == 1 and both.stdout.count("training m2") == 1
+    assert both.stdout.count("test accuracy") == 1 and both.stdout.count(f"training {model}") == 1
     assert "2 processes (DDP)" in both.stdout
 
 

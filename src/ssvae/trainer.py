@@ -118,7 +118,9 @@ class Trainer:
 
             # DDP averages the gradients over the processes during backward; it hooks in through the
             # module's forward, which is the model's training loss. Buffers (M1's KL weight) follow
-            # the step count on every process alike, so there is nothing to send at each step.
+            # the step count on every process alike, so there is nothing to send at each step; a
+            # buffer that follows the batch (ADGM/SDGM's class frequencies) is averaged over the
+            # processes by the model itself.
             device = settings.device
             self.replicated = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)

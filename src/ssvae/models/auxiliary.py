@@ -102,6 +102,18 @@ ADVERSARIAL_PROBE = 0.1
 ACTIVATIONS = {"softplus": Softplus, "relu": nn.ReLU}
 
 
+def whole_batch_mean(share_mean: Tensor) -> Tensor:
+    """Under distributed training, where each process holds an equal share of the batch, the mean
+    over the whole batch of what each process averaged over its own share; else ``share_mean``.
+    What the model keeps from step to step (the running class frequencies) must follow the whole
+    batch, or every process would keep its own and the run would differ from one process's."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return share_mean
+    together = share_mean.clone()
+    torch.distributed.all_reduce(together)
+    return together / torch.distributed.get_world_size()
+
+
 def gaussian_parameters(out: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and log-variance (within ±LOGVAR_LIMIT) from a network's output, in at least float32."""
     mean, logvar = at_least_float32(out).chunk(2, dim=-1)
@@ -432,7 +444,7 @@ class AuxiliaryDGM(nn.Module):
         batch's gradient."""
         batch_frequencies = q.mean(0)
         with torch.no_grad():
-            self.class_frequencies.lerp_(batch_frequencies.detach(), CLASS_FREQUENCY_RATE)
+            self.class_frequencies.lerp_(whole_batch_mean(batch_frequencies.detach()), CLASS_FREQUENCY_RATE)
         return (batch_frequencies * (self.class_frequencies * self.config.num_classes).log()).sum()
 
     def _adversarial_term(self, x: Tensor, a: Tensor, clean_logits: Tensor, probe_noise: Tensor) -> Tensor:
