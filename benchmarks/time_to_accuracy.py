@@ -112,7 +112,7 @@ def main() -> None:
 def run_one(config: TrainConfig, target: float) -> dict:
     """Train one seed and return its row: the result and the curve of validation accuracy."""
     options = "".join(f"-{name}{value:g}" for name, value in sorted(config.model_options.items()))
-    threads = f"-{config.threads}threads" if config.threads else ""  # runs on a share of the cores apart
+    threads = f"-{config.threads}threads" if config.threads else ""  # kept apart from runs on the whole machine
     run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels{options}{threads}-seed{config.seed}"
     result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
     offset = result.get("m1_minutes", 0.0)  # M1+M2: the classifier's clock starts after M1
