@@ -66,6 +66,26 @@ def test_learns_and_decays_the_learning_rate_to_zero(tmp_path):
     assert averaged != live and abs(averaged - live) < 0.05
 
 
+class Scheduled(Line):
+    """A line that records what the trainer tells it before each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.told = []
+
+    def at_step(self, step, progress):
+        self.told.append((step, progress))
+
+
+def test_a_model_with_a_schedule_is_told_the_step_and_the_share_of_the_budget_used(tmp_path):
+    model = Scheduled()
+    Trainer(model, points(), lambda m: {"val_accuracy": 0.0}, tmp_path, settings(epochs=2)).fit()
+    steps, progress = zip(*model.told)
+    assert list(steps) == list(range(16))  # 2 epochs of 8 batches, counted before each step
+    # the share of two epochs done before each step: 0, 1/16, ..., 15/16
+    assert progress == pytest.approx([step / 16 for step in range(16)])
+
+
 class Drift(nn.Module):
     """A weight that Adam moves by the learning rate at every step, for ever."""
 

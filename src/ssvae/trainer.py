@@ -4,8 +4,9 @@ It needs a model whose ``loss(batch)`` returns a dataclass with a ``loss`` field
 any other scalar terms (to log), an iterable of batches whose length is one epoch (and, for the
 images/s figure, an ``images_per_step`` attribute), and a
 ``validate(model) -> dict`` whose ``selection_metric`` picks the best checkpoint. A model with an
-``at_step(step)`` method is told the step count before every step, for schedules of its own. Validation runs
-on the validation split only: the test split never influences which weights are kept.
+``at_step(step, progress)`` method is told, before every step, the step count and the share of the
+budget used, for schedules of its own. Validation runs on the validation split only: the test
+split never influences which weights are kept.
 
 Nothing is lost when a run is killed. ``last.pt`` holds everything the run depends on: weights,
 optimiser, weight average, where it stands in the budget and in the epoch, the running sums of the
@@ -262,9 +263,9 @@ class Trainer:
             used = max(used, (self.epochs_done + self.step_in_epoch / max(len(self.batches), 1)) / s.epochs)
         return min(used, 1.0)
 
-    def _set_learning_rate(self) -> None:
+    def _set_learning_rate(self, progress: float) -> None:
         if self.settings.lr_schedule == "cosine":
-            lr = self.settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * self._progress()))
+            lr = self.settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
@@ -304,9 +305,10 @@ class Trainer:
                 bar = tqdm(total=per_epoch, initial=self.step_in_epoch, desc=f"epoch {epoch}", leave=False,
                            disable=not s.progress, mininterval=1.0, dynamic_ncols=True)
                 for batch in self._rest_of_epoch():
-                    self._set_learning_rate()
+                    progress = self._progress()  # with several processes, the same in each
+                    self._set_learning_rate(progress)
                     if self._at_step is not None:
-                        self._at_step(self.steps)
+                        self._at_step(self.steps, progress)
                     terms, finite = self.step(batch)
                     # Accumulate the good steps' terms on the device: no host sync inside the epoch
                     # but the progress bar's and the divergence check's.

@@ -97,7 +97,7 @@ class M1(nn.Module):
         # value. Set from the step count by ``at_step``, so it is not saved with the weights.
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
 
-    def at_step(self, step: int) -> None:
+    def at_step(self, step: int, progress: float = 0.0) -> None:
         """Called by the trainer before each optimiser step: sets the warm-up's KL weight."""
         self.kl_weight.fill_(warmup_weight(step, self.config.kl_warmup_steps))
 
