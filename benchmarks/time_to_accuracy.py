@@ -9,7 +9,7 @@ M1 stage.
 
     python benchmarks/time_to_accuracy.py [--model m2|m1m2|adgm|sdgm] [--seeds 0 1 2 3 4] [--minutes 10]
                                           [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
-                                          [--kl-scale B] [--class-balance W]
+                                          [--kl-scale B] [--class-balance W] [--class-balance-schedule S]
                                           [--adversarial W] [--adversarial-radius R]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
@@ -56,6 +56,8 @@ def main() -> None:
                         help="ADGM, SDGM: weight of the virtual adversarial term (default: the model's own; 0: none)")
     parser.add_argument("--adversarial-radius", type=float, default=None,
                         help="ADGM, SDGM: length of the adversarial perturbation (default: the model's own)")
+    parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
+                        help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to time")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -74,6 +76,7 @@ def main() -> None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     options = {name: value for name, value in [("alpha", args.alpha), ("kl_scale", args.kl_scale),
                                                 ("class_balance", args.class_balance),
+                                                ("class_balance_schedule", args.class_balance_schedule),
                                                 ("adversarial_weight", args.adversarial_weight),
                                                 ("adversarial_radius", args.adversarial_radius)] if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
@@ -111,7 +114,8 @@ def main() -> None:
 
 def run_one(config: TrainConfig, target: float) -> dict:
     """Train one seed and return its row: the result and the curve of validation accuracy."""
-    options = "".join(f"-{name}{value:g}" for name, value in sorted(config.model_options.items()))
+    options = "".join(f"-{name}{value:g}" if isinstance(value, (int, float)) else f"-{name}-{value}"
+                      for name, value in sorted(config.model_options.items()))
     threads = f"-{config.threads}threads" if config.threads else ""  # kept apart from runs on the whole machine
     run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels{options}{threads}-seed{config.seed}"
     result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)

@@ -55,6 +55,7 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     (["--class-balance", "5"], "option of adgm and sdgm"),
     (["--model", "sdgm", "--kl-scale", "0"], "kl_scale must be a positive number"),
     (["--adversarial", "1"], "--adversarial is an option of adgm and sdgm"),
+    (["--class-balance-schedule", "cosine"], "--class-balance-schedule is an option of adgm and sdgm"),
     (["--model", "adgm", "--adversarial-radius", "-1"], "adversarial_radius must be a positive number"),
 ])
 def test_impossible_options_stop_with_one_line(options, reason, tmp_path, capsys, mnist):

@@ -101,6 +101,9 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--class-balance", type=float, default=None, metavar="W",
                    help="adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled images "
                    "toward the uniform p(y) (model default: 50; 0, none, as in the paper)")
+    p.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
+                   help="adgm, sdgm: keep the class-balance weight all run, or lower it to 0 by the end of the "
+                   "budget along the learning rate's cosine (model default: cosine)")
     p.add_argument("--adversarial", type=float, default=None, metavar="W", dest="adversarial_weight",
                    help="adgm, sdgm: weight of the virtual adversarial smoothness term on the classifier q(y|a,x) "
                    "(model default: 1; 0, none, as in the paper)")
@@ -166,7 +169,7 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         if model not in ("adgm", "sdgm"):
             raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
         options["activation"] = args.activation
-    for name in ("kl_scale", "class_balance", "adversarial_weight", "adversarial_radius"):
+    for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius"):
         if getattr(args, name) is not None:
             if model not in ("adgm", "sdgm"):
                 flag = "adversarial" if name == "adversarial_weight" else name.replace("_", "-")

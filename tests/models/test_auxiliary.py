@@ -178,6 +178,24 @@ def test_class_balance_pulls_frequent_classes_down_from_running_frequencies(skip
     assert torch.equal(model.class_frequencies, before)
 
 
+def test_a_cosine_class_balance_schedule_lowers_the_term_to_nothing_by_the_end_of_the_budget():
+    from ssvae.errors import SsvaeError
+
+    scheduled = small(True, class_balance=3.0, class_balance_schedule="cosine", adversarial_weight=0.0)
+    constant = small(True, class_balance=3.0, class_balance_schedule="constant", adversarial_weight=0.0)
+    paper = small(True, class_balance=0.0, adversarial_weight=0.0)
+    batch = a_batch(scheduled, 6)
+    for progress, share_left in [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]:
+        for model in (scheduled, constant, paper):
+            model.class_frequencies.copy_(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+            model.at_step(100, progress)
+        term = constant.loss(batch).loss - paper.loss(batch).loss  # the whole term, at its full weight
+        torch.testing.assert_close(scheduled.loss(batch).loss - paper.loss(batch).loss, share_left * term)
+        assert term.abs() > 1e-3  # the term is there to be scaled
+    with pytest.raises(SsvaeError, match="class_balance_schedule"):
+        AuxiliaryConfig(class_balance_schedule="linear").validate()
+
+
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
 def test_adversarial_term_perturbs_images_where_the_classifier_is_most_sensitive(skip):
     radius = 0.3

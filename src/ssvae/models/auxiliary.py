@@ -39,7 +39,10 @@ them, with a gradient toward the right class scaled by its near-zero probability
 - ``class_balance`` * sum_y qbar(y) log(K m(y)) is added, with qbar the batch's mean of q(y|a,x)
   over its unlabelled images and m a running mean of qbar (held fixed): its gradient is that of
   KL(m || p(y)), which pulls down a class given more often than p(y) = 1/K says, before
-  q(y|a,x) is sure of the images it took.
+  q(y|a,x) is sure of the images it took. Its weight follows the learning rate's cosine down to 0
+  by the end of the budget (``class_balance_schedule``): once the classes have formed, a pull
+  toward 1/K only biases them, giving some of a frequent class's images (MNIST's ones, 11%) to a
+  rare one (its fives, 9%).
 
 A third change, also on by default, works on the classifier alone (``adversarial_weight``; 0
 leaves it out): a virtual adversarial smoothness term (Miyato et al. 2018),
@@ -84,6 +87,11 @@ LOGVAR_LIMIT = 10.0
 # (100: 0.903).
 KL_SCALE = 2.0
 CLASS_BALANCE = 50.0
+# The class balance's weight over the run (see the module's story). SDGM, 60 minutes, one thread
+# each, two side by side, test accuracy with "cosine": 0.9780 (seed 0) and 0.9779 (seed 2), against
+# 0.9754 and 0.9772 with "constant"; images called 5 beyond the test set's 892 fives fell from 48
+# and 40 to 23 and 20, its threes called 5 from 30 and 19 to 18 and 14.
+CLASS_BALANCE_SCHEDULE = "cosine"
 # Defaults of the adversarial term (see the module's story), from 10-minute SDGM runs of seed 2,
 # one thread each, validation accuracy: without it 0.944; weight 1, radius 2 0.960 (radius 1:
 # 0.960); weight 3, radius 1 0.960, radius 2 0.930; weight 10, radius 2 0.804. Over the hour (seeds
@@ -161,10 +169,14 @@ class AuxiliaryConfig:
     # the paper.
     adversarial_weight: float = ADVERSARIAL_WEIGHT
     adversarial_radius: float = ADVERSARIAL_RADIUS
+    # How the class-balance weight changes over the run: "constant", or "cosine", down to 0 at the
+    # end of the budget along the learning rate's curve (see the module's story).
+    class_balance_schedule: str = CLASS_BALANCE_SCHEDULE
 
-    # What a run recorded before kl_scale, class_balance and adversarial_weight existed was trained
-    # with: the paper's objective (read when such a run is resumed).
+    # What a run recorded before kl_scale, class_balance (and its schedule) and adversarial_weight
+    # existed was trained with: the paper's objective (read when such a run is resumed).
     DEFAULTS_BEFORE_THEY_WERE_OPTIONS: ClassVar[dict] = {"kl_scale": 1.0, "class_balance": 0.0,
+                                                         "class_balance_schedule": "constant",
                                                          "adversarial_weight": 0.0}
 
     def __post_init__(self):
@@ -179,6 +191,9 @@ class AuxiliaryConfig:
             raise SsvaeError(f"auxiliary model: kl_scale must be a positive number, got {self.kl_scale}")
         if not self.class_balance >= 0:
             raise SsvaeError(f"auxiliary model: class_balance must be 0 or more, got {self.class_balance}")
+        if self.class_balance_schedule not in ("constant", "cosine"):
+            raise SsvaeError("auxiliary model: class_balance_schedule must be constant or cosine, "
+                             f"got {self.class_balance_schedule}")
         if not self.adversarial_weight >= 0:
             raise SsvaeError(f"auxiliary model: adversarial_weight must be 0 or more, got {self.adversarial_weight}")
         if not self.adversarial_radius > 0:
@@ -261,6 +276,8 @@ class AuxiliaryDGM(nn.Module):
         # The KL terms' weight in the training loss (see kl_warmup_steps); a buffer, so that a
         # compiled loss reads its current value, set by ``at_step`` and not saved with the weights.
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
+        # The class balance's weight at this point of the schedule, likewise.
+        self.register_buffer("class_balance_weight", torch.full((), config.class_balance), persistent=False)
         # The running class frequencies m of the class-balance term, saved with the weights so that
         # a resumed run goes on exactly.
         self.register_buffer("class_frequencies", torch.full((k,), 1.0 / k))
@@ -271,9 +288,13 @@ class AuxiliaryDGM(nn.Module):
         state_dict.setdefault(prefix + "class_frequencies", uniform)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def at_step(self, step: int) -> None:
-        """Called by the trainer before each optimiser step: sets the warm-up's KL weight."""
-        self.kl_weight.fill_(self.config.kl_scale * warmup_weight(step, self.config.kl_warmup_steps))
+    def at_step(self, step: int, progress: float = 0.0) -> None:
+        """Called by the trainer before each optimiser step, with the share of the budget used so
+        far: sets the warm-up's KL weight and the class balance's scheduled weight."""
+        c = self.config
+        self.kl_weight.fill_(c.kl_scale * warmup_weight(step, c.kl_warmup_steps))
+        share_left = 0.5 * (1.0 + math.cos(math.pi * progress)) if c.class_balance_schedule == "cosine" else 1.0
+        self.class_balance_weight.fill_(c.class_balance * share_left)
 
     @property
     def noise_width(self) -> int:
@@ -427,7 +448,7 @@ class AuxiliaryDGM(nn.Module):
         share = batch.labelled_share
         loss = share * labelled + (1 - share) * unlabelled + c.alpha * classification
         if c.class_balance > 0 and self.training:
-            loss = loss + c.class_balance * self._class_balance_term(q)
+            loss = loss + self.class_balance_weight * self._class_balance_term(q)
         if c.adversarial_weight > 0 and self.training:
             loss = loss + c.adversarial_weight * self._adversarial_term(x, a.detach(), class_logits.detach(), probe)
         with torch.no_grad():  # what is logged: the bounds themselves, whatever the KL terms' weight
