@@ -54,6 +54,8 @@ def main() -> None:
                         help="ADGM, SDGM: weight of the class-balance term (default: the model's own; 0: none)")
     parser.add_argument("--adversarial", type=float, default=None, dest="adversarial_weight",
                         help="ADGM, SDGM: weight of the virtual adversarial term (default: the model's own; 0: none)")
+    parser.add_argument("--adversarial-final", type=float, default=None, dest="adversarial_final_weight",
+                        help="ADGM, SDGM: the adversarial term's weight at the end of the budget (default: constant)")
     parser.add_argument("--adversarial-radius", type=float, default=None,
                         help="ADGM, SDGM: length of the adversarial perturbation (default: the model's own)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
@@ -78,7 +80,9 @@ def main() -> None:
                                                 ("class_balance", args.class_balance),
                                                 ("class_balance_schedule", args.class_balance_schedule),
                                                 ("adversarial_weight", args.adversarial_weight),
-                                                ("adversarial_radius", args.adversarial_radius)] if value is not None}
+                                                ("adversarial_radius", args.adversarial_radius),
+                                                ("adversarial_final_weight", args.adversarial_final_weight)]
+               if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,
                            model_options=options)

@@ -56,6 +56,7 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     (["--model", "sdgm", "--kl-scale", "0"], "kl_scale must be a positive number"),
     (["--adversarial", "1"], "--adversarial is an option of adgm and sdgm"),
     (["--class-balance-schedule", "cosine"], "--class-balance-schedule is an option of adgm and sdgm"),
+    (["--adversarial-final", "3"], "--adversarial-final is an option of adgm and sdgm"),
     (["--model", "adgm", "--adversarial-radius", "-1"], "adversarial_radius must be a positive number"),
 ])
 def test_impossible_options_stop_with_one_line(options, reason, tmp_path, capsys, mnist):

@@ -107,6 +107,9 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--adversarial", type=float, default=None, metavar="W", dest="adversarial_weight",
                    help="adgm, sdgm: weight of the virtual adversarial smoothness term on the classifier q(y|a,x) "
                    "(model default: 1; 0, none, as in the paper)")
+    p.add_argument("--adversarial-final", type=float, default=None, metavar="W", dest="adversarial_final_weight",
+                   help="adgm, sdgm: the adversarial term's weight at the end of the budget, reached from --adversarial "
+                   "along the learning rate's cosine turned upside down (model default: none, the weight held)")
     p.add_argument("--adversarial-radius", type=float, default=None, metavar="R",
                    help="adgm, sdgm: length of the adversarial perturbation of an image, whose pixels lie in [0, 1] "
                    "(model default: 2)")
@@ -169,10 +172,12 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         if model not in ("adgm", "sdgm"):
             raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
         options["activation"] = args.activation
-    for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius"):
+    for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius",
+                 "adversarial_final_weight"):
         if getattr(args, name) is not None:
             if model not in ("adgm", "sdgm"):
-                flag = "adversarial" if name == "adversarial_weight" else name.replace("_", "-")
+                flag = {"adversarial_weight": "adversarial",
+                        "adversarial_final_weight": "adversarial-final"}.get(name, name.replace("_", "-"))
                 raise SsvaeError(f"--{flag} is an option of adgm and sdgm, not of {model}")
             options[name] = getattr(args, name)
     if args.kl_warmup is not None:  # M1+M2 passes it to its first stage, M1

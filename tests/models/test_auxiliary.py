@@ -236,11 +236,31 @@ def test_adversarial_term_perturbs_images_where_the_classifier_is_most_sensitive
     torch.testing.assert_close(model.loss(batch).loss, paper.loss(batch).loss)
 
 
+def test_a_rising_adversarial_weight_goes_from_its_start_to_its_final_weight_over_the_budget():
+    rising = small(True, class_balance=0.0, adversarial_weight=1.0, adversarial_final_weight=3.0)
+    unit = small(True, class_balance=0.0, adversarial_weight=1.0)  # the term at weight 1, held
+    batch = a_batch(rising, 7)
+    shorter = dataclasses.replace(batch, labelled_noise=batch.labelled_noise[:, :-D],
+                                  unlabelled_noise=batch.unlabelled_noise[:, :-D])
+    paper = small(True, class_balance=0.0, adversarial_weight=0.0)
+    for progress, weight in [(0.0, 1.0), (0.5, 2.0), (1.0, 3.0)]:
+        for model in (rising, unit, paper):  # the same KL weight for all three
+            model.at_step(100, progress)
+        term = unit.loss(batch).loss - paper.loss(shorter).loss
+        assert term > 1e-6  # the term is there to be scaled
+        torch.testing.assert_close(rising.loss(batch).loss - paper.loss(shorter).loss, weight * term)
+    # From nothing, the term is still drawn and trained: its probe is part of each image's noise.
+    from_nothing = small(True, adversarial_weight=0.0, adversarial_final_weight=3.0)
+    assert from_nothing.noise_width == paper.noise_width + D
+
+
 def test_adversarial_options_are_checked():
     from ssvae.errors import SsvaeError
 
     with pytest.raises(SsvaeError, match="adversarial_weight"):
         AuxiliaryConfig(adversarial_weight=-1.0).validate()
+    with pytest.raises(SsvaeError, match="adversarial_final_weight"):
+        AuxiliaryConfig(adversarial_final_weight=-1.0).validate()
     with pytest.raises(SsvaeError, match="adversarial_radius"):
         AuxiliaryConfig(adversarial_radius=0.0).validate()
 

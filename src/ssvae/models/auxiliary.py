@@ -52,7 +52,9 @@ leaves it out): a virtual adversarial smoothness term (Miyato et al. 2018),
 with r of length ``adversarial_radius`` in the direction in which q(y|a,x) changes most, found by
 one power iteration from a short random probe, and a held fixed. Once q(y|a,x) is sure of an image
 the bounds above give it almost no gradient; this term still asks that images close to each other
-get the same class, which is what the unlabelled images' clusters say.
+get the same class, which is what the unlabelled images' clusters say. Its weight can rise over the
+run (``adversarial_final_weight``), along the learning rate's cosine turned upside down: a large
+weight from the start holds the classes back while they form.
 
 At test time q(y|a,x) is averaged over ``eval_samples`` draws of a from q(a|x), since a single
 draw makes the classifier noisy.
@@ -169,6 +171,9 @@ class AuxiliaryConfig:
     # the paper.
     adversarial_weight: float = ADVERSARIAL_WEIGHT
     adversarial_radius: float = ADVERSARIAL_RADIUS
+    # The adversarial term's weight at the end of the budget, reached from ``adversarial_weight``
+    # along the learning rate's cosine turned upside down; None keeps it constant.
+    adversarial_final_weight: float | None = None
     # How the class-balance weight changes over the run: "constant", or "cosine", down to 0 at the
     # end of the budget along the learning rate's curve (see the module's story).
     class_balance_schedule: str = CLASS_BALANCE_SCHEDULE
@@ -196,6 +201,9 @@ class AuxiliaryConfig:
                              f"got {self.class_balance_schedule}")
         if not self.adversarial_weight >= 0:
             raise SsvaeError(f"auxiliary model: adversarial_weight must be 0 or more, got {self.adversarial_weight}")
+        if self.adversarial_final_weight is not None and not self.adversarial_final_weight >= 0:
+            raise SsvaeError("auxiliary model: adversarial_final_weight must be 0 or more, "
+                             f"got {self.adversarial_final_weight}")
         if not self.adversarial_radius > 0:
             raise SsvaeError(f"auxiliary model: adversarial_radius must be a positive number, got {self.adversarial_radius}")
         for name in ("input_dim", "latent_dim", "aux_dim", "eval_samples"):
@@ -278,6 +286,8 @@ class AuxiliaryDGM(nn.Module):
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
         # The class balance's weight at this point of the schedule, likewise.
         self.register_buffer("class_balance_weight", torch.full((), config.class_balance), persistent=False)
+        # The adversarial term's weight at this point of its schedule, likewise.
+        self.register_buffer("adversarial_weight_now", torch.full((), config.adversarial_weight), persistent=False)
         # The running class frequencies m of the class-balance term, saved with the weights so that
         # a resumed run goes on exactly.
         self.register_buffer("class_frequencies", torch.full((k,), 1.0 / k))
@@ -295,13 +305,23 @@ class AuxiliaryDGM(nn.Module):
         self.kl_weight.fill_(c.kl_scale * warmup_weight(step, c.kl_warmup_steps))
         share_left = 0.5 * (1.0 + math.cos(math.pi * progress)) if c.class_balance_schedule == "cosine" else 1.0
         self.class_balance_weight.fill_(c.class_balance * share_left)
+        if c.adversarial_final_weight is not None:
+            share_done = 0.5 * (1.0 - math.cos(math.pi * progress))
+            self.adversarial_weight_now.fill_(c.adversarial_weight + (c.adversarial_final_weight - c.adversarial_weight)
+                                              * share_done)
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the adversarial term is part of the training loss at any point of the run."""
+        c = self.config
+        return c.adversarial_weight > 0 or (c.adversarial_final_weight or 0.0) > 0
 
     @property
     def noise_width(self) -> int:
         """Noise per image and step: one a, then one z per class, then (with the adversarial term)
         the random probe from which the adversarial direction is found."""
         c = self.config
-        probe = c.input_dim if c.adversarial_weight > 0 else 0
+        probe = c.input_dim if self.adversarial else 0
         return c.aux_dim + c.num_classes * c.latent_dim + probe
 
     # -- the pieces of the story -------------------------------------------------------------------
@@ -449,8 +469,8 @@ class AuxiliaryDGM(nn.Module):
         loss = share * labelled + (1 - share) * unlabelled + c.alpha * classification
         if c.class_balance > 0 and self.training:
             loss = loss + self.class_balance_weight * self._class_balance_term(q)
-        if c.adversarial_weight > 0 and self.training:
-            loss = loss + c.adversarial_weight * self._adversarial_term(x, a.detach(), class_logits.detach(), probe)
+        if self.adversarial and self.training:
+            loss = loss + self.adversarial_weight_now * self._adversarial_term(x, a.detach(), class_logits.detach(), probe)
         with torch.no_grad():  # what is logged: the bounds themselves, whatever the KL terms' weight
             labelled_bound, unlabelled_bound = labelled_and_unlabelled(fit + kl)
         return M2Terms(loss=loss, labelled_bound=labelled_bound, unlabelled_bound=unlabelled_bound,
