@@ -303,12 +303,12 @@ class AuxiliaryDGM(nn.Module):
         far: sets the warm-up's KL weight and the class balance's scheduled weight."""
         c = self.config
         self.kl_weight.fill_(c.kl_scale * warmup_weight(step, c.kl_warmup_steps))
-        share_left = 0.5 * (1.0 + math.cos(math.pi * progress)) if c.class_balance_schedule == "cosine" else 1.0
-        self.class_balance_weight.fill_(c.class_balance * share_left)
+        cosine_left = 0.5 * (1.0 + math.cos(math.pi * progress))  # the learning rate's curve, 1 down to 0
+        held = c.class_balance_schedule == "constant"
+        self.class_balance_weight.fill_(c.class_balance * (1.0 if held else cosine_left))
         if c.adversarial_final_weight is not None:
-            share_done = 0.5 * (1.0 - math.cos(math.pi * progress))
-            self.adversarial_weight_now.fill_(c.adversarial_weight + (c.adversarial_final_weight - c.adversarial_weight)
-                                              * share_done)
+            rise = c.adversarial_final_weight - c.adversarial_weight
+            self.adversarial_weight_now.fill_(c.adversarial_weight + rise * (1.0 - cosine_left))
 
     @property
     def adversarial(self) -> bool:
