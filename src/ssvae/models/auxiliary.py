@@ -300,7 +300,8 @@ class AuxiliaryDGM(nn.Module):
 
     def at_step(self, step: int, progress: float = 0.0) -> None:
         """Called by the trainer before each optimiser step, with the share of the budget used so
-        far: sets the warm-up's KL weight and the class balance's scheduled weight."""
+        far: sets the warm-up's KL weight, and the class balance's and the adversarial term's
+        scheduled weights."""
         c = self.config
         self.kl_weight.fill_(c.kl_scale * warmup_weight(step, c.kl_warmup_steps))
         cosine_left = 0.5 * (1.0 + math.cos(math.pi * progress))  # the learning rate's curve, 1 down to 0
