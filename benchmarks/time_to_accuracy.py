@@ -10,7 +10,7 @@ M1 stage.
     python benchmarks/time_to_accuracy.py [--model m2|m1m2|adgm|sdgm] [--seeds 0 1 2 3 4] [--minutes 10]
                                           [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
                                           [--kl-scale B] [--class-balance W] [--class-balance-schedule S]
-                                          [--adversarial W] [--adversarial-radius R]
+                                          [--adversarial W] [--adversarial-final W] [--adversarial-radius R]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
