@@ -11,6 +11,7 @@ M1 stage.
                                           [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
                                           [--kl-scale B] [--class-balance W] [--class-balance-schedule S]
                                           [--adversarial W] [--adversarial-final W] [--adversarial-radius R]
+                                          [--top-classes M]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
@@ -58,6 +59,8 @@ def main() -> None:
                         help="ADGM, SDGM: the adversarial term's weight at the end of the budget (default: constant)")
     parser.add_argument("--adversarial-radius", type=float, default=None,
                         help="ADGM, SDGM: length of the adversarial perturbation (default: the model's own)")
+    parser.add_argument("--top-classes", type=int, default=None,
+                        help="ADGM, SDGM: classes the unlabelled bound sums over once they have formed (default: all)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
                         help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
     parser.add_argument("--labels", type=int, default=100)
@@ -81,7 +84,8 @@ def main() -> None:
                                                 ("class_balance_schedule", args.class_balance_schedule),
                                                 ("adversarial_weight", args.adversarial_weight),
                                                 ("adversarial_radius", args.adversarial_radius),
-                                                ("adversarial_final_weight", args.adversarial_final_weight)]
+                                                ("adversarial_final_weight", args.adversarial_final_weight),
+                                                ("top_classes", args.top_classes)]
                if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,

@@ -57,7 +57,9 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     (["--adversarial", "1"], "--adversarial is an option of adgm and sdgm"),
     (["--class-balance-schedule", "cosine"], "--class-balance-schedule is an option of adgm and sdgm"),
     (["--adversarial-final", "3"], "--adversarial-final is an option of adgm and sdgm"),
+    (["--top-classes", "3"], "--top-classes is an option of adgm and sdgm"),
     (["--model", "adgm", "--adversarial-radius", "-1"], "adversarial_radius must be a positive number"),
+    (["--model", "sdgm", "--top-classes", "11"], "top_classes must be between 1 and the number of classes"),
 ])
 def test_impossible_options_stop_with_one_line(options, reason, tmp_path, capsys, mnist):
     code = main(["train", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", *options])

@@ -133,14 +133,16 @@ def test_a_resumed_run_keeps_the_model_it_began_with_across_changed_defaults(tmp
     began = AuxiliaryConfig(skip=True, activation="softplus", hidden_dims=(300,))
     save_config(tmp_path / "config.json", TrainConfig(model="sdgm"), began)
     assert resumed_model_config(tmp_path, "sdgm") == began
-    # A run written before the KL weight, the class balance (and its schedule) and the adversarial
-    # term were options was trained with the paper's objective, and is resumed with it, not with
-    # today's defaults.
+    # A run written before the KL weight, the class balance (and its schedule), the adversarial
+    # term and the top classes were options was trained with the paper's objective, every class
+    # summed, and is resumed with it, not with today's defaults.
     payload = json.loads((tmp_path / "config.json").read_text())
-    for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius"):
+    for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius",
+                 "top_classes"):
         del payload["model"][name]
     (tmp_path / "config.json").write_text(json.dumps(payload))
     resumed = resumed_model_config(tmp_path, "sdgm")
     assert (resumed.kl_scale, resumed.class_balance, resumed.adversarial_weight) == (1.0, 0.0, 0.0)
+    assert resumed.top_classes is None
     assert resumed.class_balance_schedule == "constant"
     assert (resumed.activation, resumed.hidden_dims) == ("softplus", (300,))

@@ -110,6 +110,9 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--adversarial-final", type=float, default=None, metavar="W", dest="adversarial_final_weight",
                    help="adgm, sdgm: the adversarial term's weight at the end of the budget, reached from --adversarial "
                    "along the learning rate's cosine turned upside down (model default: none, the weight held)")
+    p.add_argument("--top-classes", type=int, default=None, metavar="M",
+                   help="adgm, sdgm: once the classes have formed (after a tenth of the budget), sum the unlabelled "
+                   "bound over each image's M most probable classes instead of all (model default: all)")
     p.add_argument("--adversarial-radius", type=float, default=None, metavar="R",
                    help="adgm, sdgm: length of the adversarial perturbation of an image, whose pixels lie in [0, 1] "
                    "(model default: 2)")
@@ -173,7 +176,7 @@ def _config_from_args(args, model: str, labels: int, seed: int):
             raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
         options["activation"] = args.activation
     for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius",
-                 "adversarial_final_weight"):
+                 "adversarial_final_weight", "top_classes"):
         if getattr(args, name) is not None:
             if model not in ("adgm", "sdgm"):
                 flag = {"adversarial_weight": "adversarial",

@@ -110,6 +110,42 @@ def test_the_unlabelled_bound_sums_the_classes_out_under_q(skip):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
+def test_top_classes_sum_the_unlabelled_bound_over_each_images_most_probable_classes(skip):
+    model = small(skip, kl_scale=1.0, class_balance=0.0, adversarial_weight=0.0, top_classes=2)
+    everything = small(skip, kl_scale=1.0, class_balance=0.0, adversarial_weight=0.0)
+    batch = a_batch(model, 5)
+    # While the classes form, every class is summed: the loss is the whole sum's.
+    model.at_step(0, 0.05)
+    torch.testing.assert_close(model.loss(batch).loss, everything.loss(batch).loss)
+    model.at_step(0, 0.5)
+    terms = model.loss(batch)
+    labelled, _, logits = everything.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+                                            batch.labelled_noise, batch.unlabelled_noise)
+    unlabelled = []
+    for b in range(3):
+        q = F.softmax(logits[b], dim=-1)
+        top = sorted(range(K), key=lambda c: -q[c].item())[:2]
+        # The image's j-th most probable class gets the j-th share of its noise for z.
+        noise = batch.unlabelled_noise[b]
+        bounds = [slow_negative_bound(model, batch.unlabelled_x[b], c, noise[:A], noise[A + j * Z:A + (j + 1) * Z])[0]
+                  for j, c in enumerate(top)]
+        left_out = 1 - sum(q[c] for c in top)
+        entropy = -sum(q[c] * torch.log(q[c]) for c in range(K))
+        unlabelled.append(sum(q[c] * bound for c, bound in zip(top, bounds)) + left_out * max(bounds) - entropy)
+    cross_entropy = F.cross_entropy(logits[3:], batch.labelled_y)
+    expected = 0.25 * labelled.mean() + 0.75 * torch.stack(unlabelled).mean() + model.config.alpha * cross_entropy
+    torch.testing.assert_close(terms.loss, expected)
+
+
+def test_top_classes_are_checked():
+    from ssvae.errors import SsvaeError
+
+    for wrong in (0, K + 1):
+        with pytest.raises(SsvaeError, match="top_classes"):
+            AuxiliaryConfig(num_classes=K, top_classes=wrong).validate()
+
+
 def a_batch(model, seed):
     generator = torch.Generator().manual_seed(seed)
     return Batch(torch.rand(2, D, generator=generator, dtype=torch.float64), torch.tensor([1, 3]),
@@ -206,7 +242,7 @@ def test_adversarial_term_perturbs_images_where_the_classifier_is_most_sensitive
     # The loss is the paper's plus the weighted term, whose random probe is the end of each image's
     # noise (so that a resumed or distributed run draws the same); the rest of the noise is as before.
     assert model.noise_width == paper.noise_width + D
-    _, _, logits, x, a, probe = model._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+    _, _, logits, x, a, probe, _ = model._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
                                                   batch.labelled_noise, batch.unlabelled_noise)
     torch.testing.assert_close(probe, torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, -D:])
     term = model._adversarial_term(x, a.detach(), logits.detach(), probe)
