@@ -13,10 +13,11 @@ from ssvae.cli import main
 def auxiliary_run(request, tmp_path_factory, mnist):
     run = tmp_path_factory.mktemp("runs") / request.param
     # SDGM with its defaults (ReLU, kl_scale 2, class balance 50 on a cosine schedule, the
-    # adversarial term), ADGM with softplus and the paper's objective: every command reads back either.
+    # adversarial term), ADGM with softplus and the paper's objective, summed over each image's top
+    # 3 classes after the first tenth of the run: every command reads back either.
     activation = [] if request.param == "sdgm" else ["--activation", "softplus", "--kl-scale", "1",
                                                       "--class-balance", "0", "--class-balance-schedule", "constant",
-                                                      "--adversarial", "0"]
+                                                      "--adversarial", "0", "--top-classes", "3"]
     assert main(["train", "--model", request.param, "--labels", "100", "--epochs", "4", "--max-unlabelled", "2000",
                  "--unlabelled-batch", "100", "--labelled-batch", "10", "--hidden-dim", "200", *activation,
                  "--hidden-layers", "2", "--kl-warmup", "20", "--compile", "off", "--quiet", "--out", str(run)]) == 0
@@ -32,6 +33,7 @@ def test_a_short_run_learns_and_saves_its_config(auxiliary_run):
     expected = ("relu", 2.0, 50.0, "cosine", 1.0) if model == "sdgm" else ("softplus", 1.0, 0.0, "constant", 0.0)
     names = ("activation", "kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight")
     assert tuple(config["model"][k] for k in names) == expected
+    assert config["model"]["top_classes"] == (None if model == "sdgm" else 3)
     # Four epochs on 2,000 unlabelled images (80 steps) already beat chance (0.1) by far.
     assert json.loads((run / "result.json").read_text())["test_accuracy"] > 0.3
 

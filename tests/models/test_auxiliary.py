@@ -243,7 +243,7 @@ def test_adversarial_term_perturbs_images_where_the_classifier_is_most_sensitive
     # noise (so that a resumed or distributed run draws the same); the rest of the noise is as before.
     assert model.noise_width == paper.noise_width + D
     _, _, logits, x, a, probe, _ = model._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
-                                                  batch.labelled_noise, batch.unlabelled_noise)
+                                                     batch.labelled_noise, batch.unlabelled_noise)
     torch.testing.assert_close(probe, torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, -D:])
     term = model._adversarial_term(x, a.detach(), logits.detach(), probe)
     shorter = dataclasses.replace(batch, labelled_noise=batch.labelled_noise[:, :-D],
