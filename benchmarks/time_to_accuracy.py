@@ -11,7 +11,7 @@ M1 stage.
                                           [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
                                           [--kl-scale B] [--class-balance W] [--class-balance-schedule S]
                                           [--adversarial W] [--adversarial-final W] [--adversarial-radius R]
-                                          [--top-classes M]
+                                          [--top-classes M] [--binarize]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
@@ -63,6 +63,8 @@ def main() -> None:
                         help="ADGM, SDGM: classes the unlabelled bound sums over once they have formed (default: all)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
                         help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
+    parser.add_argument("--binarize", action="store_true",
+                        help="redraw every pixel as a Bernoulli sample each time an image is drawn")
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--target", type=float, default=None, help="validation accuracy to time")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -89,7 +91,7 @@ def main() -> None:
                if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,
-                           model_options=options)
+                           binarize=args.binarize, model_options=options)
                for seed in args.seeds]
     config, rows = configs[0], []
     # Each run in a fresh process: its own torch threads, and nothing shared between seeds.
@@ -124,6 +126,7 @@ def run_one(config: TrainConfig, target: float) -> dict:
     """Train one seed and return its row: the result and the curve of validation accuracy."""
     options = "".join(f"-{name}{value:g}" if isinstance(value, (int, float)) else f"-{name}-{value}"
                       for name, value in sorted(config.model_options.items()))
+    options += "-binarized" if config.binarize else ""
     threads = f"-{config.threads}threads" if config.threads else ""  # kept apart from runs on the whole machine
     run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels{options}{threads}-seed{config.seed}"
     result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
