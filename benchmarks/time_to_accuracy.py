@@ -126,6 +126,7 @@ def run_one(config: TrainConfig, target: float) -> dict:
     """Train one seed and return its row: the result and the curve of validation accuracy."""
     options = "".join(f"-{name}{value:g}" if isinstance(value, (int, float)) else f"-{name}-{value}"
                       for name, value in sorted(config.model_options.items()))
+    options += f"-lr{config.learning_rate:g}" if config.learning_rate is not None else ""
     options += "-binarized" if config.binarize else ""
     threads = f"-{config.threads}threads" if config.threads else ""  # kept apart from runs on the whole machine
     run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels{options}{threads}-seed{config.seed}"
