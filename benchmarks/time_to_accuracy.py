@@ -11,7 +11,7 @@ M1 stage.
                                           [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
                                           [--kl-scale B] [--class-balance W] [--class-balance-schedule S]
                                           [--adversarial W] [--adversarial-final W] [--adversarial-radius R]
-                                          [--top-classes M] [--binarize]
+                                          [--top-classes M] [--unlabelled-batch N] [--binarize]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
@@ -63,6 +63,8 @@ def main() -> None:
                         help="ADGM, SDGM: classes the unlabelled bound sums over once they have formed (default: all)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
                         help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
+    parser.add_argument("--unlabelled-batch", type=int, default=None,
+                        help="unlabelled images per step (default: the training default)")
     parser.add_argument("--binarize", action="store_true",
                         help="redraw every pixel as a Bernoulli sample each time an image is drawn")
     parser.add_argument("--labels", type=int, default=100)
@@ -91,7 +93,8 @@ def main() -> None:
                if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,
-                           binarize=args.binarize, model_options=options)
+                           binarize=args.binarize, model_options=options,
+                           unlabelled_batch_size=args.unlabelled_batch or TrainConfig.unlabelled_batch_size)
                for seed in args.seeds]
     config, rows = configs[0], []
     # Each run in a fresh process: its own torch threads, and nothing shared between seeds.
@@ -128,6 +131,8 @@ def run_one(config: TrainConfig, target: float) -> dict:
                       for name, value in sorted(config.model_options.items()))
     options += f"-lr{config.learning_rate:g}" if config.learning_rate is not None else ""
     options += "-binarized" if config.binarize else ""
+    options += (f"-ubatch{config.unlabelled_batch_size}"
+                if config.unlabelled_batch_size != TrainConfig.unlabelled_batch_size else "")
     threads = f"-{config.threads}threads" if config.threads else ""  # kept apart from runs on the whole machine
     run_dir = RESULTS / "runs" / f"{config.model}-{config.labels}labels{options}{threads}-seed{config.seed}"
     result = train(config, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
