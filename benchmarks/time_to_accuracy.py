@@ -30,10 +30,14 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 from ssvae.checkpoint import atomic_write_json
 from ssvae.config import TrainConfig
-from ssvae.experiment import train
+from ssvae.errors import SsvaeError
+from ssvae.experiment import initial_model_config, train
 
 RESULTS = Path(__file__).parent / "results"
 # Minutes per run and the validation accuracy to time, by model.
@@ -63,8 +67,8 @@ def main() -> None:
                         help="ADGM, SDGM: classes the unlabelled bound sums over once they have formed (default: all)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
                         help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
-    parser.add_argument("--unlabelled-batch", type=int, default=None,
-                        help="unlabelled images per step (default: the training default)")
+    parser.add_argument("--unlabelled-batch", type=int, default=TrainConfig.unlabelled_batch_size, metavar="N",
+                        help="unlabelled images per step (default: %(default)s, training's own)")
     parser.add_argument("--binarize", action="store_true",
                         help="redraw every pixel as a Bernoulli sample each time an image is drawn")
     parser.add_argument("--labels", type=int, default=100)
@@ -94,9 +98,17 @@ def main() -> None:
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,
                            binarize=args.binarize, model_options=options,
-                           unlabelled_batch_size=args.unlabelled_batch or TrainConfig.unlabelled_batch_size)
+                           unlabelled_batch_size=args.unlabelled_batch)
                for seed in args.seeds]
     config, rows = configs[0], []
+    # Refuse an impossible option here, with its message, rather than in every run's process.
+    if args.unlabelled_batch < 1:
+        parser.error(f"--unlabelled-batch {args.unlabelled_batch}: must be at least 1")
+    try:
+        config.validate()
+        initial_model_config(config, SimpleNamespace(train_images=np.empty((0, 784)), num_classes=10))  # MNIST's shape
+    except SsvaeError as error:
+        parser.error(str(error))
     # Each run in a fresh process: its own torch threads, and nothing shared between seeds.
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for row in pool.map(run_one, configs, [args.target] * len(configs)):
