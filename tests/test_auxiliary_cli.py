@@ -14,10 +14,12 @@ def auxiliary_run(request, tmp_path_factory, mnist):
     run = tmp_path_factory.mktemp("runs") / request.param
     # SDGM with its defaults (ReLU, kl_scale 2, class balance 50 on a cosine schedule, the
     # adversarial term), ADGM with softplus and the paper's objective, summed over each image's top
-    # 3 classes after the first tenth of the run: every command reads back either.
+    # 3 classes after the first tenth of the run, its classifier one layer of 300: every command
+    # reads back either.
     activation = [] if request.param == "sdgm" else ["--activation", "softplus", "--kl-scale", "1",
                                                       "--class-balance", "0", "--class-balance-schedule", "constant",
-                                                      "--adversarial", "0", "--top-classes", "3"]
+                                                      "--adversarial", "0", "--top-classes", "3",
+                                                      "--aux-kl-scale", "1", "--classifier-hidden", "300"]
     assert main(["train", "--model", request.param, "--labels", "100", "--epochs", "4", "--max-unlabelled", "2000",
                  "--unlabelled-batch", "100", "--labelled-batch", "10", "--hidden-dim", "200", *activation,
                  "--hidden-layers", "2", "--kl-warmup", "20", "--compile", "off", "--quiet", "--out", str(run)]) == 0
@@ -34,6 +36,8 @@ def test_a_short_run_learns_and_saves_its_config(auxiliary_run):
     names = ("activation", "kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight")
     assert tuple(config["model"][k] for k in names) == expected
     assert config["model"]["top_classes"] == (None if model == "sdgm" else 3)
+    assert (config["model"]["aux_kl_scale"], config["model"]["classifier_hidden_dims"]) == \
+        ((None, None) if model == "sdgm" else (1.0, [300]))
     # Four epochs on 2,000 unlabelled images (80 steps) already beat chance (0.1) by far.
     assert json.loads((run / "result.json").read_text())["test_accuracy"] > 0.3
 

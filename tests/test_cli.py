@@ -58,6 +58,9 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     (["--class-balance-schedule", "cosine"], "--class-balance-schedule is an option of adgm and sdgm"),
     (["--adversarial-final", "3"], "--adversarial-final is an option of adgm and sdgm"),
     (["--top-classes", "3"], "--top-classes is an option of adgm and sdgm"),
+    (["--classifier-hidden", "500", "500"], "--classifier-hidden is an option of adgm and sdgm"),
+    (["--model", "sdgm", "--aux-kl-scale", "-1"], "aux_kl_scale must be a positive number"),
+    (["--model", "sdgm", "--classifier-hidden", "500", "0"], "classifier_hidden_dims must be positive sizes"),
     (["--model", "adgm", "--adversarial-radius", "-1"], "adversarial_radius must be a positive number"),
     (["--model", "sdgm", "--top-classes", "11"], "top_classes must be between 1 and the number of classes"),
 ])

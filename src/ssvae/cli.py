@@ -98,6 +98,12 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--kl-scale", type=float, default=None, metavar="B",
                    help="adgm, sdgm: weight of the KL terms in the training loss once warmed up (model default: 2; "
                    "1 is the paper's bound)")
+    p.add_argument("--aux-kl-scale", type=float, default=None, metavar="B",
+                   help="adgm, sdgm: weight of a's KL term alone, log q(a|x) - log p(a|..) (model default: as --kl-scale)")
+    p.add_argument("--classifier-hidden", type=int, nargs="+", default=None, metavar="UNITS",
+                   dest="classifier_hidden_dims",
+                   help="adgm, sdgm: hidden layers of the classifier q(y|a,x) alone, e.g. 500 500 for the paper's "
+                   "depth (model default: as every other network's)")
     p.add_argument("--class-balance", type=float, default=None, metavar="W",
                    help="adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled images "
                    "toward the uniform p(y) (model default: 50; 0, none, as in the paper)")
@@ -176,11 +182,12 @@ def _config_from_args(args, model: str, labels: int, seed: int):
             raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
         options["activation"] = args.activation
     for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius",
-                 "adversarial_final_weight", "top_classes"):
+                 "adversarial_final_weight", "top_classes", "aux_kl_scale", "classifier_hidden_dims"):
         if getattr(args, name) is not None:
             if model not in ("adgm", "sdgm"):
                 flag = {"adversarial_weight": "adversarial",
-                        "adversarial_final_weight": "adversarial-final"}.get(name, name.replace("_", "-"))
+                        "adversarial_final_weight": "adversarial-final",
+                        "classifier_hidden_dims": "classifier-hidden"}.get(name, name.replace("_", "-"))
                 raise SsvaeError(f"--{flag} is an option of adgm and sdgm, not of {model}")
             options[name] = getattr(args, name)
     if args.kl_warmup is not None:  # M1+M2 passes it to its first stage, M1

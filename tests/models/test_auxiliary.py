@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ssvae.data.batches import Batch
+from ssvae.errors import SsvaeError
 from ssvae.models.auxiliary import LOGVAR_LIMIT, AuxiliaryConfig, AuxiliaryDGM
 
 K, D, Z, A = 4, 6, 3, 2
@@ -41,9 +42,9 @@ def log_normal(value, mean, logvar):
                for v, m, lv in zip(value.tolist(), mean.tolist(), logvar.tolist()))
 
 
-def slow_negative_bound(model, x, y, a_noise, z_noise, kl_weight=1.0):
+def slow_negative_bound(model, x, y, a_noise, z_noise, kl_weight=1.0, aux_kl_weight=None):
     """-L(x, y) for one image and class, term by term, with the given standard normal draws (and the
-    KL terms weighted by ``kl_weight``, as during a warm-up)."""
+    KL terms weighted by ``kl_weight``, as during a warm-up; a's by ``aux_kl_weight`` where given)."""
     a_mean, a_logvar = gaussian(mlp(model.aux_encoder, x=x))
     a = a_mean + torch.exp(0.5 * a_logvar) * a_noise
     z_mean, z_logvar = gaussian(mlp(model.encoder, y, x=x, a=a))
@@ -58,7 +59,8 @@ def slow_negative_bound(model, x, y, a_noise, z_noise, kl_weight=1.0):
     # KL(q(z|a,x,y) || N(0, I)) in closed form; log p(a|..) - log q(a|x) from the one draw of a.
     kl_z = sum(0.5 * (m * m + math.exp(lv) - 1 - lv) for m, lv in zip(z_mean.tolist(), z_logvar.tolist()))
     log_pa, log_qa = log_normal(a, pa_mean, pa_logvar), log_normal(a, a_mean, a_logvar)
-    return -(log_px - math.log(K) + kl_weight * (-kl_z + log_pa - log_qa)), a
+    aux_kl_weight = kl_weight if aux_kl_weight is None else aux_kl_weight
+    return -(log_px - math.log(K) - kl_weight * kl_z + aux_kl_weight * (log_pa - log_qa)), a
 
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
@@ -139,7 +141,6 @@ def test_top_classes_sum_the_unlabelled_bound_over_each_images_most_probable_cla
 
 
 def test_top_classes_are_checked():
-    from ssvae.errors import SsvaeError
 
     for wrong in (0, K + 1):
         with pytest.raises(SsvaeError, match="top_classes"):
@@ -174,6 +175,46 @@ def test_warmup_and_kl_scale_weight_the_kl_terms_of_the_loss_but_not_the_logged_
                                      batch.labelled_noise[b, :A], batch.labelled_noise[b, A:A + Z])[0]
                  for b in range(2)]
         assert terms.labelled_bound.item() == pytest.approx(sum(bound) / 2, abs=1e-9)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
+def test_aux_kl_scale_weights_the_kl_term_of_a_alone(skip):
+    model = small(skip, kl_scale=2.0, aux_kl_scale=0.5, class_balance=0.0, adversarial_weight=0.0)
+    batch = a_batch(model, 4)
+    model.at_step(0)
+    with torch.no_grad():
+        terms = model.loss(batch)
+        unlabelled = []
+        for b in range(3):  # U, one image and one class at a time, z's KL weighted by 2 and a's by 0.5
+            noise = batch.unlabelled_noise[b]
+            per_class, a = zip(*[slow_negative_bound(model, batch.unlabelled_x[b], c, noise[:A],
+                                                     noise[A + c * Z:A + (c + 1) * Z], 2.0, 0.5) for c in range(K)])
+            q = F.softmax(mlp(model.classifier, x=batch.unlabelled_x[b], a=a[0]), dim=-1)
+            unlabelled.append(sum(q[c] * per_class[c] for c in range(K)) + (q * q.log()).sum())
+        labelled = [slow_negative_bound(model, batch.labelled_x[b], int(batch.labelled_y[b]),
+                                        batch.labelled_noise[b, :A], batch.labelled_noise[b, A:A + Z], 2.0, 0.5)
+                    for b in range(2)]
+        logits = torch.stack([mlp(model.classifier, x=batch.labelled_x[b], a=labelled[b][1]) for b in range(2)])
+        expected = (0.25 * sum(bound for bound, _ in labelled) / 2 + 0.75 * sum(unlabelled) / 3
+                    + model.config.alpha * F.cross_entropy(logits, batch.labelled_y))
+    assert terms.loss.item() == pytest.approx(float(expected), abs=1e-9)
+    # The logged bound is the bound itself, every KL term at weight 1.
+    bound = sum(slow_negative_bound(model, batch.labelled_x[b], int(batch.labelled_y[b]), batch.labelled_noise[b, :A],
+                                    batch.labelled_noise[b, A:A + Z])[0] for b in range(2)) / 2
+    assert terms.labelled_bound.item() == pytest.approx(bound, abs=1e-9)
+    with pytest.raises(SsvaeError, match="aux_kl_scale"):
+        AuxiliaryConfig(aux_kl_scale=0.0).validate()
+
+
+def test_classifier_hidden_dims_shape_the_classifier_alone():
+    model = AuxiliaryDGM(AuxiliaryConfig(input_dim=D, num_classes=K, latent_dim=Z, aux_dim=A, hidden_dims=(5,),
+                                         classifier_hidden_dims=[7, 6]))  # a list, as config.json gives it
+    widths = lambda network: [layer.out_features for layer in network.rest if isinstance(layer, torch.nn.Linear)]
+    assert widths(model.classifier) == [6, K] and model.classifier.bias.shape == (7,)
+    assert widths(model.encoder) == [2 * Z] and model.encoder.bias.shape == (5,)
+    assert model.classify(torch.rand(3, D)).shape == (3, K)
+    with pytest.raises(SsvaeError, match="classifier_hidden_dims"):
+        AuxiliaryConfig(classifier_hidden_dims=(500, 0)).validate()
 
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
@@ -215,7 +256,6 @@ def test_class_balance_pulls_frequent_classes_down_from_running_frequencies(skip
 
 
 def test_a_cosine_class_balance_schedule_lowers_the_term_to_nothing_by_the_end_of_the_budget():
-    from ssvae.errors import SsvaeError
 
     scheduled = small(True, class_balance=3.0, class_balance_schedule="cosine", adversarial_weight=0.0)
     constant = small(True, class_balance=3.0, class_balance_schedule="constant", adversarial_weight=0.0)
@@ -242,7 +282,7 @@ def test_adversarial_term_perturbs_images_where_the_classifier_is_most_sensitive
     # The loss is the paper's plus the weighted term, whose random probe is the end of each image's
     # noise (so that a resumed or distributed run draws the same); the rest of the noise is as before.
     assert model.noise_width == paper.noise_width + D
-    _, _, logits, x, a, probe, _ = model._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
+    _, _, _, logits, x, a, probe, _ = model._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
                                                      batch.labelled_noise, batch.unlabelled_noise)
     torch.testing.assert_close(probe, torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, -D:])
     term = model._adversarial_term(x, a.detach(), logits.detach(), probe)
@@ -291,7 +331,6 @@ def test_a_rising_adversarial_weight_goes_from_its_start_to_its_final_weight_ove
 
 
 def test_adversarial_options_are_checked():
-    from ssvae.errors import SsvaeError
 
     with pytest.raises(SsvaeError, match="adversarial_weight"):
         AuxiliaryConfig(adversarial_weight=-1.0).validate()
