@@ -9,9 +9,11 @@ M1 stage.
 
     python benchmarks/time_to_accuracy.py [--model m2|m1m2|adgm|sdgm] [--seeds 0 1 2 3 4] [--minutes 10]
                                           [--labels 100] [--jobs 2] [--lr LR] [--alpha A]
-                                          [--kl-scale B] [--class-balance W] [--class-balance-schedule S]
+                                          [--kl-scale B] [--aux-kl-scale B] [--class-balance W]
+                                          [--class-balance-schedule S]
                                           [--adversarial W] [--adversarial-final W] [--adversarial-radius R]
-                                          [--top-classes M] [--unlabelled-batch N] [--binarize]
+                                          [--top-classes M] [--classifier-hidden UNITS...]
+                                          [--unlabelled-batch N] [--binarize]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
@@ -55,6 +57,8 @@ def main() -> None:
                         help="weight of the labelled cross-entropy (default: the model's own)")
     parser.add_argument("--kl-scale", type=float, default=None,
                         help="ADGM, SDGM: the KL terms' weight (default: the model's own; 1 is the paper's bound)")
+    parser.add_argument("--aux-kl-scale", type=float, default=None,
+                        help="ADGM, SDGM: the weight of a's KL term alone (default: the same as --kl-scale)")
     parser.add_argument("--class-balance", type=float, default=None,
                         help="ADGM, SDGM: weight of the class-balance term (default: the model's own; 0: none)")
     parser.add_argument("--adversarial", type=float, default=None, dest="adversarial_weight",
@@ -67,6 +71,8 @@ def main() -> None:
                         help="ADGM, SDGM: classes the unlabelled bound sums over once they have formed (default: all)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
                         help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
+    parser.add_argument("--classifier-hidden", type=int, nargs="+", default=None, dest="classifier_hidden_dims",
+                        metavar="UNITS", help="ADGM, SDGM: hidden layers of the classifier alone (default: as every network's)")
     parser.add_argument("--unlabelled-batch", type=int, default=TrainConfig.unlabelled_batch_size, metavar="N",
                         help="unlabelled images per step (default: %(default)s, training's own)")
     parser.add_argument("--binarize", action="store_true",
@@ -88,12 +94,14 @@ def main() -> None:
     if args.threads is None and args.jobs > 1:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     options = {name: value for name, value in [("alpha", args.alpha), ("kl_scale", args.kl_scale),
+                                                ("aux_kl_scale", args.aux_kl_scale),
                                                 ("class_balance", args.class_balance),
                                                 ("class_balance_schedule", args.class_balance_schedule),
                                                 ("adversarial_weight", args.adversarial_weight),
                                                 ("adversarial_radius", args.adversarial_radius),
                                                 ("adversarial_final_weight", args.adversarial_final_weight),
-                                                ("top_classes", args.top_classes)]
+                                                ("top_classes", args.top_classes),
+                                                ("classifier_hidden_dims", args.classifier_hidden_dims)]
                if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,
@@ -139,8 +147,12 @@ def main() -> None:
 
 def run_one(config: TrainConfig, target: float) -> dict:
     """Train one seed and return its row: the result and the curve of validation accuracy."""
-    options = "".join(f"-{name}{value:g}" if isinstance(value, (int, float)) else f"-{name}-{value}"
-                      for name, value in sorted(config.model_options.items()))
+    def spelt(value) -> str:
+        if isinstance(value, (int, float)):
+            return f"{value:g}"
+        return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else f"-{value}"
+
+    options = "".join(f"-{name}{spelt(value)}" for name, value in sorted(config.model_options.items()))
     options += f"-lr{config.learning_rate:g}" if config.learning_rate is not None else ""
     options += "-binarized" if config.binarize else ""
     options += (f"-ubatch{config.unlabelled_batch_size}"
