@@ -141,7 +141,6 @@ def test_top_classes_sum_the_unlabelled_bound_over_each_images_most_probable_cla
 
 
 def test_top_classes_are_checked():
-
     for wrong in (0, K + 1):
         with pytest.raises(SsvaeError, match="top_classes"):
             AuxiliaryConfig(num_classes=K, top_classes=wrong).validate()
@@ -256,7 +255,6 @@ def test_class_balance_pulls_frequent_classes_down_from_running_frequencies(skip
 
 
 def test_a_cosine_class_balance_schedule_lowers_the_term_to_nothing_by_the_end_of_the_budget():
-
     scheduled = small(True, class_balance=3.0, class_balance_schedule="cosine", adversarial_weight=0.0)
     constant = small(True, class_balance=3.0, class_balance_schedule="constant", adversarial_weight=0.0)
     paper = small(True, class_balance=0.0, adversarial_weight=0.0)
@@ -283,7 +281,7 @@ def test_adversarial_term_perturbs_images_where_the_classifier_is_most_sensitive
     # noise (so that a resumed or distributed run draws the same); the rest of the noise is as before.
     assert model.noise_width == paper.noise_width + D
     _, _, _, logits, x, a, probe, _ = model._pair_terms(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
-                                                     batch.labelled_noise, batch.unlabelled_noise)
+                                                        batch.labelled_noise, batch.unlabelled_noise)
     torch.testing.assert_close(probe, torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, -D:])
     term = model._adversarial_term(x, a.detach(), logits.detach(), probe)
     shorter = dataclasses.replace(batch, labelled_noise=batch.labelled_noise[:, :-D],
@@ -331,7 +329,6 @@ def test_a_rising_adversarial_weight_goes_from_its_start_to_its_final_weight_ove
 
 
 def test_adversarial_options_are_checked():
-
     with pytest.raises(SsvaeError, match="adversarial_weight"):
         AuxiliaryConfig(adversarial_weight=-1.0).validate()
     with pytest.raises(SsvaeError, match="adversarial_final_weight"):
