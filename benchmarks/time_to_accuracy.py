@@ -12,6 +12,7 @@ M1 stage.
                                           [--kl-scale B] [--aux-kl-scale B] [--class-balance W]
                                           [--class-balance-schedule S]
                                           [--adversarial W] [--adversarial-final W] [--adversarial-radius R]
+                                          [--adversarial-final-radius R]
                                           [--top-classes M] [--classifier-hidden UNITS...]
                                           [--unlabelled-batch N] [--binarize]
 
@@ -67,6 +68,8 @@ def main() -> None:
                         help="ADGM, SDGM: the adversarial term's weight at the end of the budget (default: constant)")
     parser.add_argument("--adversarial-radius", type=float, default=None,
                         help="ADGM, SDGM: length of the adversarial perturbation (default: the model's own)")
+    parser.add_argument("--adversarial-final-radius", type=float, default=None, dest="adversarial_final_radius",
+                        help="ADGM, SDGM: the adversarial perturbation's length at the end of the budget (default: constant)")
     parser.add_argument("--top-classes", type=int, default=None,
                         help="ADGM, SDGM: classes the unlabelled bound sums over once they have formed (default: all)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
@@ -100,6 +103,7 @@ def main() -> None:
                                                 ("adversarial_weight", args.adversarial_weight),
                                                 ("adversarial_radius", args.adversarial_radius),
                                                 ("adversarial_final_weight", args.adversarial_final_weight),
+                                                ("adversarial_final_radius", args.adversarial_final_radius),
                                                 ("top_classes", args.top_classes),
                                                 ("classifier_hidden_dims", args.classifier_hidden_dims)]
                if value is not None}

@@ -56,6 +56,8 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     (["--model", "sdgm", "--kl-scale", "0"], "kl_scale must be a positive number"),
     (["--adversarial", "1"], "--adversarial is an option of adgm and sdgm"),
     (["--class-balance-schedule", "cosine"], "--class-balance-schedule is an option of adgm and sdgm"),
+    (["--adversarial-final-radius", "1"], "--adversarial-final-radius is an option of adgm and sdgm"),
+    (["--model", "sdgm", "--adversarial-final-radius", "0"], "adversarial_final_radius must be a positive number"),
     (["--adversarial-final", "3"], "--adversarial-final is an option of adgm and sdgm"),
     (["--top-classes", "3"], "--top-classes is an option of adgm and sdgm"),
     (["--classifier-hidden", "500", "500"], "--classifier-hidden is an option of adgm and sdgm"),

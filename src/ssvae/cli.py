@@ -116,6 +116,11 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--adversarial-final", type=float, default=None, metavar="W", dest="adversarial_final_weight",
                    help="adgm, sdgm: the adversarial term's weight at the end of the budget, reached from --adversarial "
                    "along the learning rate's cosine turned upside down (model default: none, the weight held)")
+    p.add_argument("--adversarial-final-radius", type=float, default=None, metavar="R",
+                   dest="adversarial_final_radius",
+                   help="adgm, sdgm: the adversarial perturbation's length at the end of the budget, reached from "
+                   "--adversarial-radius along the learning rate's cosine turned upside down (model default: none, "
+                   "the length held)")
     p.add_argument("--top-classes", type=int, default=None, metavar="M",
                    help="adgm, sdgm: once the classes have formed (after a tenth of the budget), sum the unlabelled "
                    "bound over each image's M most probable classes instead of all (model default: all)")
@@ -181,8 +186,9 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         if model not in ("adgm", "sdgm"):
             raise SsvaeError(f"--activation is an option of adgm and sdgm, not of {model}")
         options["activation"] = args.activation
-    for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius",
-                 "adversarial_final_weight", "top_classes", "aux_kl_scale", "classifier_hidden_dims"):
+    for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight",
+                 "adversarial_radius", "adversarial_final_weight", "adversarial_final_radius", "top_classes",
+                 "aux_kl_scale", "classifier_hidden_dims"):
         if getattr(args, name) is not None:
             if model not in ("adgm", "sdgm"):
                 flag = {"adversarial_weight": "adversarial",

@@ -328,6 +328,18 @@ def test_a_rising_adversarial_weight_goes_from_its_start_to_its_final_weight_ove
     assert from_nothing.noise_width == paper.noise_width + D
 
 
+def test_a_shrinking_adversarial_radius_goes_from_its_start_to_its_final_length_over_the_budget():
+    shrinking = small(True, class_balance=0.0, adversarial_radius=2.0, adversarial_final_radius=1.0)
+    batch = a_batch(shrinking, 8)
+    for progress, radius in [(0.0, 2.0), (0.5, 1.5), (1.0, 1.0)]:
+        held = small(True, class_balance=0.0, adversarial_radius=radius)  # the same weights
+        for model in (shrinking, held):
+            model.at_step(100, progress)
+        torch.testing.assert_close(shrinking.loss(batch).loss, held.loss(batch).loss)
+    assert small(True, class_balance=0.0, adversarial_radius=1.0).loss(batch).loss != \
+        small(True, class_balance=0.0, adversarial_radius=2.0).loss(batch).loss  # the length matters
+
+
 def test_adversarial_options_are_checked():
     with pytest.raises(SsvaeError, match="adversarial_weight"):
         AuxiliaryConfig(adversarial_weight=-1.0).validate()
@@ -335,6 +347,8 @@ def test_adversarial_options_are_checked():
         AuxiliaryConfig(adversarial_final_weight=-1.0).validate()
     with pytest.raises(SsvaeError, match="adversarial_radius"):
         AuxiliaryConfig(adversarial_radius=0.0).validate()
+    with pytest.raises(SsvaeError, match="adversarial_final_radius"):
+        AuxiliaryConfig(adversarial_final_radius=0.0).validate()
 
 
 def test_weights_saved_before_the_class_balance_term_still_load():

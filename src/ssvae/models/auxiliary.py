@@ -54,7 +54,9 @@ one power iteration from a short random probe, and a held fixed. Once q(y|a,x) i
 the bounds above give it almost no gradient; this term still asks that images close to each other
 get the same class, which is what the unlabelled images' clusters say. Its weight can rise over the
 run (``adversarial_final_weight``), along the learning rate's cosine turned upside down: a large
-weight from the start holds the classes back while they form.
+weight from the start holds the classes back while they form. Its radius can likewise shrink
+(``adversarial_final_radius``): once the classes have formed, a smaller ball around an ambiguous
+image (a three that looks like a five) reaches less far toward the neighbouring class.
 
 Summing out y costs K (image, class) pairs per unlabelled image, most of the step; once the
 classes have formed, q(y|a,x) puts almost all of an image's weight on one or two of them, and the
@@ -203,6 +205,9 @@ class AuxiliaryConfig:
     # The adversarial term's weight at the end of the budget, reached from ``adversarial_weight``
     # along the learning rate's cosine turned upside down; None keeps it constant.
     adversarial_final_weight: float | None = None
+    # The perturbation's length at the end of the budget, reached from ``adversarial_radius`` along
+    # the same curve; None keeps it constant.
+    adversarial_final_radius: float | None = None
     # How the class-balance weight changes over the run: "constant", or "cosine", down to 0 at the
     # end of the budget along the learning rate's curve (see the module's story).
     class_balance_schedule: str = CLASS_BALANCE_SCHEDULE
@@ -243,6 +248,9 @@ class AuxiliaryConfig:
         if self.adversarial_final_weight is not None and not self.adversarial_final_weight >= 0:
             raise SsvaeError("auxiliary model: adversarial_final_weight must be 0 or more, "
                              f"got {self.adversarial_final_weight}")
+        if self.adversarial_final_radius is not None and not self.adversarial_final_radius > 0:
+            raise SsvaeError("auxiliary model: adversarial_final_radius must be a positive number, "
+                             f"got {self.adversarial_final_radius}")
         if not self.adversarial_radius > 0:
             raise SsvaeError(f"auxiliary model: adversarial_radius must be a positive number, got {self.adversarial_radius}")
         for name in ("input_dim", "latent_dim", "aux_dim", "eval_samples"):
@@ -333,8 +341,9 @@ class AuxiliaryDGM(nn.Module):
         self.register_buffer("aux_kl_weight", torch.ones(()), persistent=False)  # a's alone, likewise
         # The class balance's weight at this point of the schedule, likewise.
         self.register_buffer("class_balance_weight", torch.full((), config.class_balance), persistent=False)
-        # The adversarial term's weight at this point of its schedule, likewise.
+        # The adversarial term's weight and radius at this point of their schedules, likewise.
         self.register_buffer("adversarial_weight_now", torch.full((), config.adversarial_weight), persistent=False)
+        self.register_buffer("adversarial_radius_now", torch.full((), config.adversarial_radius), persistent=False)
         # The running class frequencies m of the class-balance term, saved with the weights so that
         # a resumed run goes on exactly.
         self.register_buffer("class_frequencies", torch.full((k,), 1.0 / k))
@@ -361,6 +370,9 @@ class AuxiliaryDGM(nn.Module):
         if c.adversarial_final_weight is not None:
             rise = c.adversarial_final_weight - c.adversarial_weight
             self.adversarial_weight_now.fill_(c.adversarial_weight + rise * (1.0 - cosine_left))
+        if c.adversarial_final_radius is not None:
+            change = c.adversarial_final_radius - c.adversarial_radius
+            self.adversarial_radius_now.fill_(c.adversarial_radius + change * (1.0 - cosine_left))
         # A plain int, so that a compiled loss is compiled once more for the smaller shapes.
         formed = c.top_classes is not None and progress >= TOP_CLASSES_AFTER
         self.classes_summed = c.top_classes if formed else c.num_classes
@@ -568,9 +580,9 @@ class AuxiliaryDGM(nn.Module):
 
     def _adversarial_term(self, x: Tensor, a: Tensor, clean_logits: Tensor, probe_noise: Tensor) -> Tensor:
         """Mean over the images of KL(q(y|a,x) || q(y|a,x+r)), r the virtual adversarial
-        perturbation of length ``adversarial_radius``: the gradient of that KL at a short random
-        probe (from ``probe_noise``, standard normal, one row per image) rescaled, one power iteration
-        toward the direction in which the classifier changes most."""
+        perturbation of length ``adversarial_radius`` (at this point of its schedule): the gradient
+        of that KL at a short random probe (from ``probe_noise``, standard normal, one row per image)
+        rescaled, one power iteration toward the direction in which the classifier changes most."""
         target = F.softmax(clean_logits, dim=-1)
         log_target = F.log_softmax(clean_logits, dim=-1)
 
@@ -581,5 +593,5 @@ class AuxiliaryDGM(nn.Module):
         with torch.enable_grad():
             probe = (ADVERSARIAL_PROBE * F.normalize(probe_noise.to(x.dtype), dim=-1)).requires_grad_()
             (direction,) = torch.autograd.grad(divergence(probe).sum(), probe)
-        r = self.config.adversarial_radius * F.normalize(direction.detach(), dim=-1)
+        r = self.adversarial_radius_now * F.normalize(direction.detach(), dim=-1)
         return divergence(r).mean()
