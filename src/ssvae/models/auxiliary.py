@@ -367,12 +367,14 @@ class AuxiliaryDGM(nn.Module):
         cosine_left = 0.5 * (1.0 + math.cos(math.pi * progress))  # the learning rate's curve, 1 down to 0
         held = c.class_balance_schedule == "constant"
         self.class_balance_weight.fill_(c.class_balance * (1.0 if held else cosine_left))
+
+        def toward(start: float, final: float) -> float:  # along the cosine turned upside down
+            return start + (final - start) * (1.0 - cosine_left)
+
         if c.adversarial_final_weight is not None:
-            rise = c.adversarial_final_weight - c.adversarial_weight
-            self.adversarial_weight_now.fill_(c.adversarial_weight + rise * (1.0 - cosine_left))
+            self.adversarial_weight_now.fill_(toward(c.adversarial_weight, c.adversarial_final_weight))
         if c.adversarial_final_radius is not None:
-            change = c.adversarial_final_radius - c.adversarial_radius
-            self.adversarial_radius_now.fill_(c.adversarial_radius + change * (1.0 - cosine_left))
+            self.adversarial_radius_now.fill_(toward(c.adversarial_radius, c.adversarial_final_radius))
         # A plain int, so that a compiled loss is compiled once more for the smaller shapes.
         formed = c.top_classes is not None and progress >= TOP_CLASSES_AFTER
         self.classes_summed = c.top_classes if formed else c.num_classes
