@@ -14,7 +14,7 @@ M1 stage.
                                           [--adversarial W] [--adversarial-final W] [--adversarial-radius R]
                                           [--adversarial-final-radius R]
                                           [--top-classes M] [--classifier-hidden UNITS...]
-                                          [--unlabelled-batch N] [--binarize]
+                                          [--generative-weight W] [--unlabelled-batch N] [--binarize]
 
 With --jobs N, N seeds train at once, each on its share of the cores (one thread each on a 2-core
 machine with --jobs 2); the minutes are then each run's own wall-clock minutes on that share.
@@ -76,6 +76,8 @@ def main() -> None:
                         help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
     parser.add_argument("--classifier-hidden", type=int, nargs="+", default=None, dest="classifier_hidden_dims",
                         metavar="UNITS", help="ADGM, SDGM: hidden layers of the classifier alone (default: as every network's)")
+    parser.add_argument("--generative-weight", type=float, default=None,
+                        help="ADGM, SDGM: weight of the generative posterior fused with q to evaluate (default: the model's own)")
     parser.add_argument("--unlabelled-batch", type=int, default=TrainConfig.unlabelled_batch_size, metavar="N",
                         help="unlabelled images per step (default: %(default)s, training's own)")
     parser.add_argument("--binarize", action="store_true",
@@ -105,7 +107,8 @@ def main() -> None:
                                                 ("adversarial_final_weight", args.adversarial_final_weight),
                                                 ("adversarial_final_radius", args.adversarial_final_radius),
                                                 ("top_classes", args.top_classes),
-                                                ("classifier_hidden_dims", args.classifier_hidden_dims)]
+                                                ("classifier_hidden_dims", args.classifier_hidden_dims),
+                                                ("generative_weight", args.generative_weight)]
                if value is not None}
     configs = [TrainConfig(model=args.model, labels=args.labels, seed=seed, minutes=args.minutes,
                            threads=args.threads, m1_share=args.m1_share, learning_rate=args.lr,

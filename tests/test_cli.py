@@ -41,6 +41,13 @@ def test_evaluate_reads_the_run_back(smoke_run, capsys):
     assert figures["val_accuracy"] == pytest.approx(saved["val_accuracy"])
 
 
+def test_evaluate_weighs_the_generative_posterior_of_adgm_and_sdgm_runs_alone(smoke_run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(smoke_run), "--generative-weight", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "adgm and sdgm runs" in err and str(smoke_run) in err
+
+
 def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     assert main(["train", "--epochs", "1", "--out", str(smoke_run), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -60,6 +67,9 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     (["--model", "sdgm", "--adversarial-final-radius", "0"], "adversarial_final_radius must be a positive number"),
     (["--adversarial-final", "3"], "--adversarial-final is an option of adgm and sdgm"),
     (["--top-classes", "3"], "--top-classes is an option of adgm and sdgm"),
+    (["--generative-weight", "0.2"], "--generative-weight is an option of adgm and sdgm"),
+    (["--model", "adgm", "--generative-weight", "-1"], "generative_weight must be 0 or more"),
+    (["--model", "sdgm", "--generative-samples", "0"], "generative_samples must be a positive integer"),
     (["--classifier-hidden", "500", "500"], "--classifier-hidden is an option of adgm and sdgm"),
     (["--model", "sdgm", "--aux-kl-scale", "-1"], "aux_kl_scale must be a positive number"),
     (["--model", "sdgm", "--classifier-hidden", "500", "0"], "classifier_hidden_dims must be positive sizes"),

@@ -124,6 +124,12 @@ def _add_how_to_train(p) -> None:
     p.add_argument("--top-classes", type=int, default=None, metavar="M",
                    help="adgm, sdgm: once the classes have formed (after a tenth of the budget), sum the unlabelled "
                    "bound over each image's M most probable classes instead of all (model default: all)")
+    p.add_argument("--generative-weight", type=float, default=None, metavar="W",
+                   help="adgm, sdgm: weight of the model's own posterior p(y|x) fused with the classifier q(y|x) "
+                   "to evaluate, predict and report; training never reads it (model default: 0.1; 0, q alone)")
+    p.add_argument("--generative-samples", type=int, default=None, metavar="S",
+                   help="adgm, sdgm: draws of a and z over which each log p(x,y) of that posterior is "
+                   "importance-weighted (model default: 8)")
     p.add_argument("--adversarial-radius", type=float, default=None, metavar="R",
                    help="adgm, sdgm: length of the adversarial perturbation of an image, whose pixels lie in [0, 1] "
                    "(model default: 2)")
@@ -188,7 +194,7 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         options["activation"] = args.activation
     for name in ("kl_scale", "class_balance", "class_balance_schedule", "adversarial_weight",
                  "adversarial_radius", "adversarial_final_weight", "adversarial_final_radius", "top_classes",
-                 "aux_kl_scale", "classifier_hidden_dims"):
+                 "aux_kl_scale", "classifier_hidden_dims", "generative_weight", "generative_samples"):
         if getattr(args, name) is not None:
             if model not in ("adgm", "sdgm"):
                 flag = {"adversarial_weight": "adversarial",
@@ -310,6 +316,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--data", default=None, help="where to read the data from (default: as in the run's config)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--generative-weight", type=float, default=None, metavar="W",
+                   help="adgm, sdgm runs: weight of the model's own posterior p(y|x) fused with q(y|x), in place of "
+                   "the run's own (0: q alone)")
     p.set_defaults(func=_evaluate)
 
 
@@ -317,7 +326,8 @@ def _evaluate(args) -> int:
     from .experiment import evaluate_run
 
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print
-    result = evaluate_run(args.run, device=args.device, data_spec=args.data, log=log)
+    result = evaluate_run(args.run, device=args.device, data_spec=args.data, log=log,
+                          generative_weight=args.generative_weight)
     if args.json:
         print(json.dumps(result))
     elif "val_elbo" in result:

@@ -69,23 +69,27 @@ def data_facts(data) -> dict:
 
 
 @torch.no_grad()
-def class_probabilities(model, images: np.ndarray, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
-    """q(y|x) for uint8 ``images``, shape (N, K), in batches, with the model in eval mode.
+def class_probabilities(model, images: np.ndarray, device: torch.device, batch_size: int = 2000,
+                        thorough: bool = True) -> torch.Tensor:
+    """Class probabilities for uint8 ``images``, shape (N, K), in batches, with the model in eval mode:
+    q(y|x), or with ``thorough`` the model's slower, better classification where it has one (ADGM,
+    SDGM: q fused with the generative posterior); validation during training passes False, for speed.
 
     Inputs are grey levels, the expectation of the binary samples seen in training.
     """
     was_training = model.training
     model.eval()
+    classify = model.classify_thoroughly if thorough and hasattr(model, "classify_thoroughly") else model.classify
     x_all = torch.as_tensor(images, device=device)
-    probabilities = torch.cat([torch.softmax(model.classify(to_inputs(x_all[i:i + batch_size], binarize=False))
-                                             .float(), dim=-1) for i in range(0, len(x_all), batch_size)])
+    probabilities = torch.cat([torch.softmax(classify(to_inputs(x_all[i:i + batch_size], binarize=False)).float(), dim=-1)
+                               for i in range(0, len(x_all), batch_size)])
     model.train(was_training)
     return probabilities
 
 
-def accuracy(model, images: np.ndarray, labels: np.ndarray, device: torch.device) -> float:
-    """Fraction of ``images`` (uint8) whose most probable class under q(y|x) is the true one."""
-    predicted = class_probabilities(model, images, device).argmax(-1)
+def accuracy(model, images: np.ndarray, labels: np.ndarray, device: torch.device, thorough: bool = True) -> float:
+    """Fraction of ``images`` (uint8) whose most probable class is the true one (see ``class_probabilities``)."""
+    predicted = class_probabilities(model, images, device, thorough=thorough).argmax(-1)
     return float((predicted == torch.as_tensor(labels, device=device)).sum()) / len(labels)
 
 
@@ -303,7 +307,7 @@ class Stage:
         data, device = self.data, self.device
 
         def validate(m):
-            return {"val_accuracy": accuracy(m, data.val_images, data.val_labels, device)}
+            return {"val_accuracy": accuracy(m, data.val_images, data.val_labels, device, thorough=False)}
 
         trainer, fit = self.fit(model, self.batches(self.config.labelled_batch_size, model.noise_width), validate,
                                 run_dir, self.settings(minutes, "val_accuracy"))
@@ -463,12 +467,18 @@ def evaluate_model(run_dir: Path, model, data, device: torch.device, binarize: b
     }
 
 
-def evaluate_run(run_dir: Path, device: str = "auto", data_spec: str | None = None, log=print) -> dict:
-    """Rebuild a run's model from its config, load its best weights, measure validation and test accuracy."""
+def evaluate_run(run_dir: Path, device: str = "auto", data_spec: str | None = None, log=print,
+                 generative_weight: float | None = None) -> dict:
+    """Rebuild a run's model from its config, load its best weights, measure validation and test
+    accuracy; ADGM and SDGM with another ``generative_weight`` where given (0: q alone)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SsvaeError(f"{run_dir}: no such run directory")
     config, model_config = load_config(run_dir / "config.json")
+    if generative_weight is not None:
+        if config.model not in ("adgm", "sdgm"):
+            raise SsvaeError(f"--generative-weight reads adgm and sdgm runs; {run_dir} trained {config.model}")
+        model_config = {**model_config, "generative_weight": generative_weight}
     dev = resolve_device(device)
     data = load_data(data_spec or config.data, log=log, config=config)
     model = build_model(config.model, **model_config)

@@ -87,7 +87,8 @@ def load_classifier(run_dir: Path, device: torch.device):
 @torch.no_grad()
 def predict(run_dir, inputs, device: str = "auto", skip_bad: bool = False, batch_size: int = 1000,
             log=print) -> Predictions:
-    """Class probabilities under q(y|x) for every image in ``inputs`` (files or folders)."""
+    """Class probabilities for every image in ``inputs`` (files or folders): q(y|x), fused with the model's
+    own posterior p(y|x) where it has one (ADGM, SDGM; see ``class_probabilities``)."""
     dev = resolve_device(device)
     model, config, facts = load_classifier(Path(run_dir), dev)
     class_names, shape = facts["class_names"], facts["image_shape"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ssvae.data.batches import Batch
 from ssvae.errors import SsvaeError
-from ssvae.models.auxiliary import LOGVAR_LIMIT, AuxiliaryConfig, AuxiliaryDGM
+from ssvae.models.auxiliary import GENERATIVE_CLASSES, LOGVAR_LIMIT, AuxiliaryConfig, AuxiliaryDGM
 
 K, D, Z, A = 4, 6, 3, 2
 
@@ -386,3 +386,54 @@ def test_classify_averages_q_over_draws_of_a_and_repeats_itself():
         first, second = model.classify(x), model.classify(x)
     torch.testing.assert_close(first, second)  # fixed draws: validation does not jitter
     torch.testing.assert_close(first.exp().sum(-1), torch.ones(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
+def test_the_generative_posterior_importance_weights_each_class_bound_over_draws_of_a_and_z(skip):
+    model = small(skip, generative_samples=3)
+    x = torch.rand(2, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        batched = model.generative_log_posterior(x)
+    # The model's fixed draws: per draw and image, a's noise, then one z's per class.
+    noise = torch.randn((3, 2, model.noise_width), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for b in range(2):
+        log_joint = []
+        for y in range(K):
+            log_weights = [-slow_negative_bound(model, x[b], y, noise[s, b, :A], noise[s, b, A + y * Z:A + (y + 1) * Z])[0]
+                           for s in range(3)]
+            log_joint.append(math.log(sum(math.exp(w) for w in log_weights) / 3))
+        normaliser = math.log(sum(math.exp(j) for j in log_joint))
+        assert batched[b].tolist() == pytest.approx([j - normaliser for j in log_joint], abs=1e-9)
+
+
+def test_the_generative_posterior_over_some_classes_is_the_whole_one_renormalised_over_them():
+    model = small(True, generative_samples=2)
+    x = torch.rand(3, D, dtype=torch.float64)
+    classes = torch.tensor([[2, 0], [1, 3], [3, 2]])
+    with torch.no_grad():
+        whole, some = model.generative_log_posterior(x), model.generative_log_posterior(x, classes)
+    torch.testing.assert_close(some, whole.gather(1, classes).log_softmax(-1))  # the same draws per class
+
+
+def test_thorough_classification_shares_out_q_among_its_top_classes_by_the_generative_posterior():
+    model = small(True, generative_weight=0.5)
+    x = torch.rand(4, D, dtype=torch.float64)
+    with torch.no_grad():
+        q, p, fused = model.classify(x).exp(), model.generative_log_posterior(x).exp(), model.classify_thoroughly(x).exp()
+        alone = small(True, generative_weight=0.0).classify_thoroughly(x)
+    for b in range(4):
+        top = q[b].argsort(descending=True)[:GENERATIVE_CLASSES].tolist()  # fewer than the K = 4 classes
+        p_top = p[b, top] / p[b, top].sum()
+        product = q[b, top] * p_top ** 0.5
+        expected = q[b].clone()
+        expected[top] = q[b, top].sum() * product / product.sum()
+        torch.testing.assert_close(fused[b], expected)
+    torch.testing.assert_close(fused.sum(-1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(alone, model.classify(x))  # weight 0: q alone
+
+
+def test_generative_options_are_checked():
+    with pytest.raises(SsvaeError, match="generative_weight"):
+        AuxiliaryConfig(generative_weight=-0.1).validate()
+    with pytest.raises(SsvaeError, match="generative_samples"):
+        AuxiliaryConfig(generative_samples=0).validate()
