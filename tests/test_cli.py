@@ -41,7 +41,7 @@ def test_evaluate_reads_the_run_back(smoke_run, capsys):
     assert figures["val_accuracy"] == pytest.approx(saved["val_accuracy"])
 
 
-def test_evaluate_weighs_the_generative_posterior_of_adgm_and_sdgm_runs_alone(smoke_run, capsys):
+def test_evaluate_refuses_a_generative_weight_for_a_model_without_one(smoke_run, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(smoke_run), "--generative-weight", "0.1"]) == 2
     err = capsys.readouterr().err
