@@ -185,6 +185,25 @@ class Trainer:
         self._longest_bad = torch.maximum(self._longest_bad, self._bad_in_a_row)
         return terms, finite
 
+    def advance(self, batch):
+        """One step of :meth:`fit`'s loop on ``batch``: the schedules, :meth:`step`, and the step's
+        terms added to the epoch's sums. Returns the terms.
+
+        Nothing here waits for the device: the sums and the count of good steps stay on it until
+        the loop looks at them, every few steps on a GPU (see :meth:`fit`). The tests hold every
+        model family to this on CPU, by recording the operations that would make a GPU wait."""
+        progress = self._progress()  # with several processes, the same in each
+        self._set_learning_rate(progress)
+        if self._at_step is not None:
+            self._at_step(self.steps, progress)
+        terms, finite = self.step(batch)
+        for f in fields(terms):
+            value = torch.where(finite, getattr(terms, f.name).detach().float(), 0.0)
+            self.sums[f.name] = self.sums[f.name] + value if f.name in self.sums else value
+        self.good_steps_in_epoch = self.good_steps_in_epoch + finite.long()
+        self.step_in_epoch += 1
+        return terms
+
     @property
     def skipped_steps(self) -> int:
         """Steps skipped for a non-finite loss or gradient, over the whole run."""
@@ -305,18 +324,7 @@ class Trainer:
                 bar = tqdm(total=per_epoch, initial=self.step_in_epoch, desc=f"epoch {epoch}", leave=False,
                            disable=not s.progress, mininterval=1.0, dynamic_ncols=True)
                 for batch in self._rest_of_epoch():
-                    progress = self._progress()  # with several processes, the same in each
-                    self._set_learning_rate(progress)
-                    if self._at_step is not None:
-                        self._at_step(self.steps, progress)
-                    terms, finite = self.step(batch)
-                    # Accumulate the good steps' terms on the device: no host sync inside the epoch
-                    # but the progress bar's and the divergence check's.
-                    for f in fields(terms):
-                        value = torch.where(finite, getattr(terms, f.name).detach().float(), 0.0)
-                        self.sums[f.name] = self.sums[f.name] + value if f.name in self.sums else value
-                    self.good_steps_in_epoch = self.good_steps_in_epoch + finite.long()
-                    self.step_in_epoch += 1
+                    terms = self.advance(batch)
                     session_steps += 1
                     bar.update(1)
                     if s.progress and session_steps % 50 == 0 and "loss" in self.sums:

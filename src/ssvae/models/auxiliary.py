@@ -98,7 +98,7 @@ from torch import Tensor, nn
 
 from .densities import gaussian_log_density, kl_to_standard_normal
 from .m1 import warmup_weight
-from .m2 import M2Terms, at_least_float32
+from .m2 import M2Terms, at_least_float32, one_hot
 from .softplus import Softplus, softplus
 
 # Bound on the log-variances of q(a|x), q(z|a,x,y) and p(a|..). In the unlabelled bound a class
@@ -499,12 +499,12 @@ class AuxiliaryDGM(nn.Module):
     def style(self, x: Tensor, y: Tensor) -> Tensor:
         """The mean of q(z|a,x,y) at the mean of q(a|x): the image's style once its class is taken out."""
         a = self.aux_posterior(x)[0]
-        pre = self.encoder.first(x=x, a=a) + F.one_hot(y, self.config.num_classes).to(a.dtype) @ self.encoder.class_rows
+        pre = self.encoder.first(x=x, a=a) + one_hot(y, self.config.num_classes, a.dtype) @ self.encoder.class_rows
         return at_least_float32(self.encoder(pre)).chunk(2, dim=-1)[0]
 
     def generate(self, z: Tensor, y: Tensor) -> Tensor:
         """The mean image of p(x|y,z) (SDGM: of p(x|a,y,z), at the mean of p(a|y,z)), (batch, input_dim)."""
-        onehot = F.one_hot(y, self.config.num_classes).to(z.dtype)
+        onehot = one_hot(y, self.config.num_classes, z.dtype)
         if self.config.skip:
             a = at_least_float32(self.aux_decoder(self.aux_decoder.first(z=z) + onehot @ self.aux_decoder.class_rows))
             out = self.decoder(self.decoder.first(z=z, a=a.chunk(2, dim=-1)[0]) + onehot @ self.decoder.class_rows)
@@ -577,8 +577,8 @@ class AuxiliaryDGM(nn.Module):
             unlabelled_onehot = torch.eye(k, device=x.device, dtype=x.dtype).repeat(n_u, 1)
         else:
             classes = class_logits[:n_u].detach().topk(m, dim=-1).indices
-            unlabelled_onehot = F.one_hot(classes.reshape(-1), k).to(x.dtype)
-        onehot = torch.cat([unlabelled_onehot, F.one_hot(labelled_y, k).to(x.dtype)])
+            unlabelled_onehot = one_hot(classes.reshape(-1), k, x.dtype)
+        onehot = torch.cat([unlabelled_onehot, one_hot(labelled_y, k, x.dtype)])
 
         def with_class(network: SplitMLP, per_image: Tensor) -> Tensor:
             # Each row: its image's class-free part, plus its class's row of weights.

@@ -111,6 +111,15 @@ def at_least_float32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
+def one_hot(classes: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """Rows of the identity for ``classes`` (int64, any shape) -> shape (*classes.shape, num_classes).
+
+    F.one_hot checks its input's range by reading its min and max back to the host on every device
+    but CUDA and MPS; this comparison reads nothing back anywhere, so a training step that uses it
+    stays free of host reads on any device (which the tests check on CPU)."""
+    return (classes.unsqueeze(-1) == torch.arange(num_classes, device=classes.device)).to(dtype)
+
+
 class M2(nn.Module):
     """The M2 model: classifier q(y|x), encoder q(z|x,y) and decoder p(x|y,z).
 
@@ -209,7 +218,7 @@ class M2(nn.Module):
         # The labelled rows pick their class's row of weights by a one-hot product rather than by
         # indexing: its gradient is a small matrix multiply, where indexing's is a scatter that the
         # compiler fuses into a slow kernel (a third of the step's element-wise time on CPU).
-        onehot = F.one_hot(labelled_y, k).to(shared.dtype)
+        onehot = one_hot(labelled_y, k, shared.dtype)
         pre = torch.cat([
             (shared[:n_u].unsqueeze(1) + self.encoder_y).flatten(0, 1),  # every class, row b*K + c
             shared[n_u:] + onehot @ self.encoder_y,
