@@ -17,7 +17,7 @@ import itertools
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+from pyro.infer import SVI, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 from torch import nn
 
@@ -61,13 +61,14 @@ class PyroM2:
     (classifier q(y|x), encoder q(z|x,y), decoder p(x|y,z) Bernoulli), y enumerated in parallel
     (config_enumerate + TraceEnum_ELBO(max_plate_nesting=1)) for unlabelled batches, and the
     auxiliary classification loss (the tutorial's aux_loss_multiplier, 46) on labelled batches.
+    ``jit=True`` is the tutorial's ``--jit``: the unlabelled loss traced once and replayed.
 
     The constructor clears Pyro's parameter store; several instances may still live in one process,
     since each re-registers its own (uniquely named) parameters on every step."""
 
     def __init__(self, input_dim: int = 784, num_classes: int = 10, z_dim: int = 50, hidden: int = 500,
                  aux_loss_multiplier: float = 46.0, learning_rate: float = 4.2e-4, seed: int = 0,
-                 beta1: float = 0.9):
+                 beta1: float = 0.9, jit: bool = False):
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)  # the same seed gives the same initial weights and the same noise
         self.name = f"pyro_m2_{next(_instance_numbers)}"
@@ -78,8 +79,9 @@ class PyroM2:
         # expand=True and no enumeration warning on labelled batches (nothing to enumerate there),
         # as in the tutorial's current version.
         guide = config_enumerate(self.guide, "parallel", expand=True)
-        self.elbo = SVI(self.model, guide, optimiser,
-                        loss=TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False))
+        # jit: the tutorial's --jit, the enumerated ELBO traced once by torch.jit and replayed.
+        elbo = JitTraceEnum_ELBO if jit else TraceEnum_ELBO
+        self.elbo = SVI(self.model, guide, optimiser, loss=elbo(max_plate_nesting=1, strict_enumeration_warning=False))
         self.aux = SVI(self.model_classify, self.guide_classify, optimiser, loss=Trace_ELBO())
 
     def model(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> None:
