@@ -47,22 +47,22 @@ WAITS_FOR_DEVICE = {
 INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 
 
-class ReadsBack(TorchFunctionMode):
-    def __init__(self, found):
+class Records:
+    """A mode that appends what it catches to the list ``found``."""
+
+    def __init__(self, found: list):
         super().__init__()
         self.found = found
 
+
+class ReadsBack(Records, TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in READS_BACK:
             self.found.append(getattr(func, "__qualname__", str(func)))
         return func(*args, **(kwargs or {}))
 
 
-class WaitsForDevice(TorchDispatchMode):
-    def __init__(self, found):
-        super().__init__()
-        self.found = found
-
+class WaitsForDevice(Records, TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in WAITS_FOR_DEVICE:
             self.found.append(str(func))
@@ -130,4 +130,16 @@ def test_the_steps_between_the_loops_checks_never_read_the_device_back(tmp_path,
     # The checks themselves are seen: the same recording catches the loop's look at its counts.
     with ReadsBack(found), WaitsForDevice(found):
         trainer._check_divergence(None)
+    assert found
+
+
+@pytest.mark.parametrize("reads_back", [
+    lambda x: x.sum().item(), lambda x: bool(x.sum() > 0), lambda x: x.cpu(), lambda x: x.tolist(),
+    lambda x: x[x > 0], lambda x: x.nonzero(), lambda x: torch.tensor([1.0]), lambda x: x.unique(),
+], ids=["item", "bool", "cpu", "tolist", "boolean mask", "nonzero", "from host", "unique"])
+def test_the_recording_catches_each_way_of_reading_the_device_back(reads_back):
+    x = torch.randn(6)
+    found = []
+    with ReadsBack(found), WaitsForDevice(found):
+        reads_back(x)
     assert found
