@@ -40,16 +40,32 @@ def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a.expand(*lead, a.shape[-1]), b.expand(*lead, b.shape[-1])], dim=-1)
 
 
-class _Networks(nn.Module):
-    def __init__(self, input_dim: int, num_classes: int, z_dim: int, hidden: int):
+class _InBf16(nn.Module):
+    """Runs ``inner`` under bf16 autocast and hands its output back in float32: Pyro's enumerated
+    ELBO itself cannot run under autocast (Dice's tensordot refuses the mixed dtypes), so only the
+    networks' matrix multiplies get bf16."""
+
+    def __init__(self, inner: nn.Module):
         super().__init__()
-        self.classifier = nn.Sequential(_hidden(input_dim, hidden), nn.Linear(hidden, num_classes),
-                                        nn.Softmax(dim=-1))  # q(y|x) as probabilities
-        self.encoder = _hidden(input_dim + num_classes, hidden)  # q(z|x,y), two heads below
-        self.encoder_loc = nn.Linear(hidden, z_dim)
-        self.encoder_scale = nn.Linear(hidden, z_dim)
-        self.decoder = nn.Sequential(_hidden(z_dim + num_classes, hidden), nn.Linear(hidden, input_dim),
-                                     nn.Sigmoid())  # p(x|y,z): Bernoulli probabilities
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = self.inner(x)
+        return out.float()
+
+
+class _Networks(nn.Module):
+    def __init__(self, input_dim: int, num_classes: int, z_dim: int, hidden: int, bf16: bool = False):
+        super().__init__()
+        wrap = _InBf16 if bf16 else (lambda module: module)
+        self.classifier = wrap(nn.Sequential(_hidden(input_dim, hidden), nn.Linear(hidden, num_classes),
+                                             nn.Softmax(dim=-1)))  # q(y|x) as probabilities
+        self.encoder = wrap(_hidden(input_dim + num_classes, hidden))  # q(z|x,y), two heads below
+        self.encoder_loc = wrap(nn.Linear(hidden, z_dim))
+        self.encoder_scale = wrap(nn.Linear(hidden, z_dim))
+        self.decoder = wrap(nn.Sequential(_hidden(z_dim + num_classes, hidden), nn.Linear(hidden, input_dim),
+                                          nn.Sigmoid()))  # p(x|y,z): Bernoulli probabilities
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(_cat(x, y))
@@ -62,18 +78,19 @@ class PyroM2:
     (config_enumerate + TraceEnum_ELBO(max_plate_nesting=1)) for unlabelled batches, and the
     auxiliary classification loss (the tutorial's aux_loss_multiplier, 46) on labelled batches.
     ``jit=True`` is the tutorial's ``--jit``: the unlabelled loss traced once and replayed.
+    ``bf16=True`` goes beyond the tutorial: the networks run under bf16 autocast (the ELBO in float32).
 
     The constructor clears Pyro's parameter store; several instances may still live in one process,
     since each re-registers its own (uniquely named) parameters on every step."""
 
     def __init__(self, input_dim: int = 784, num_classes: int = 10, z_dim: int = 50, hidden: int = 500,
                  aux_loss_multiplier: float = 46.0, learning_rate: float = 4.2e-4, seed: int = 0,
-                 beta1: float = 0.9, jit: bool = False):
+                 beta1: float = 0.9, jit: bool = False, bf16: bool = False):
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)  # the same seed gives the same initial weights and the same noise
         self.name = f"pyro_m2_{next(_instance_numbers)}"
         self.num_classes, self.z_dim, self.aux_loss_multiplier = num_classes, z_dim, aux_loss_multiplier
-        self.nets = _Networks(input_dim, num_classes, z_dim, hidden)
+        self.nets = _Networks(input_dim, num_classes, z_dim, hidden, bf16)
         # One optimiser for both losses, as the tutorial has: the classifier's Adam state is shared.
         optimiser = Adam({"lr": learning_rate, "betas": (beta1, 0.999)})
         # expand=True and no enumeration warning on labelled batches (nothing to enumerate there),
