@@ -14,6 +14,7 @@ a second of the matmul; the figures are the medians over the rounds, and each ro
 the matmul rate measured right after it, so that drift in the machine's speed cancels.
 
     python benchmarks/throughput.py [--model m2 m1m2 adgm sdgm sdgm-relu] [--seconds 20] [--rounds 5] [--unlabelled-batch 50 200 500]
+                                    [--likelihood bernoulli logistic ...]
                                     [--compile on|off] [--device auto|cpu|cuda]
 
 The first unlabelled batch size is the one ``ssvae train`` uses by default; larger ones show how
@@ -40,6 +41,7 @@ from ssvae.data.batches import SemiSupervisedBatches
 from ssvae.data.labels import balanced_label_split, partial_labels
 from ssvae.data.mnist import load_mnist
 from ssvae.models.auxiliary import AuxiliaryConfig, AuxiliaryDGM
+from ssvae.models.likelihoods import NAMES as LIKELIHOOD_NAMES
 from ssvae.models.m1 import M1Config
 from ssvae.models.m1m2 import STACKED_M2_DEFAULTS, M1M2, M1M2Config
 from ssvae.models.m2 import M2, M2Config
@@ -58,21 +60,23 @@ def step_flops(model, batch) -> float:
     return float(counter.get_total_flops())
 
 
-def build(name: str, data, device):
+def build(name: str, data, device, likelihood: str = "bernoulli"):
     """The model whose step is timed. M1+M2's M1 is freshly initialised (its weights do not change
     the step's cost) and its first 15 latent dimensions play the active ones, as after 12 minutes
     of M1 training on MNIST."""
     if name == "m2":
-        return M2(M2Config())
+        return M2(M2Config(likelihood=likelihood))
     # The auxiliary models with softplus, as their first timings had it; sdgm-relu is SDGM at its
     # defaults (ReLU, and the adversarial term's extra classifier passes).
     if name in ("adgm", "sdgm", "sdgm-relu"):
-        return AuxiliaryDGM(AuxiliaryConfig(skip=name != "adgm", activation="relu" if "relu" in name else "softplus"))
+        return AuxiliaryDGM(AuxiliaryConfig(skip=name != "adgm", activation="relu" if "relu" in name else "softplus",
+                                            likelihood=likelihood))
     # SDGM at its defaults, its unlabelled bound summed over each image's 2 or 3 most probable
     # classes, as it is once the classes have formed: its schedule set as midway through the budget
     # (the timed steps are the trainer's own, which leave the schedule where it is).
     if name.startswith("sdgm-top"):
-        model = AuxiliaryDGM(AuxiliaryConfig(skip=True, top_classes=int(name.removeprefix("sdgm-top"))))
+        model = AuxiliaryDGM(AuxiliaryConfig(skip=True, top_classes=int(name.removeprefix("sdgm-top")),
+                                             likelihood=likelihood))
         model.at_step(0, 0.5)
         return model
     m1_config = M1Config()
@@ -99,14 +103,14 @@ class TimedStep:
     batches, built and warmed up once, then timed in rounds."""
 
     def __init__(self, name: str, data, labelled_batch: int, unlabelled_batch: int, device, use_bf16: bool,
-                 compile_: bool):
+                 compile_: bool, likelihood: str = "bernoulli"):
         seed_everything(0)
         labelled = balanced_label_split(data.train_labels, 100, 10, seed=0)
-        model = build(name, data, device)
+        model = build(name, data, device, likelihood)
         batches = SemiSupervisedBatches(data.train_images, partial_labels(data.train_labels, labelled),
                                         labelled_batch, unlabelled_batch, TrainConfig().binarize, device, seed=0,
                                         noise_width=model.noise_width)
-        self.row = {"model": name, "labelled_batch": labelled_batch, "unlabelled_batch": unlabelled_batch,
+        self.row = {"model": name, "likelihood": likelihood if name != "m1m2" else "gaussian", "labelled_batch": labelled_batch, "unlabelled_batch": unlabelled_batch,
                     "step_gflop": step_flops(model.to(device), next(iter(batches))) / 1e9}
         settings = TrainerSettings(epochs=None, minutes=None, learning_rate=1e-3, device=device, bf16=use_bf16,
                                    compile=compile_, progress=False)
@@ -170,6 +174,8 @@ def main() -> None:
     parser.add_argument("--labelled-batch", type=int, default=defaults.labelled_batch_size)
     parser.add_argument("--unlabelled-batch", type=int, nargs="+",
                         default=[defaults.unlabelled_batch_size, 200, 500])
+    parser.add_argument("--likelihood", nargs="+", choices=LIKELIHOOD_NAMES, default=["bernoulli"],
+                        help="p(x|...) of every model but m1m2 (whose M2 is Gaussian over M1's features)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
@@ -184,8 +190,9 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     data = load_mnist()
-    steps = [TimedStep(name, data, args.labelled_batch, b, device, use_bf16, args.compile == "on")
-             for name in args.model for b in args.unlabelled_batch]
+    steps = [TimedStep(name, data, args.labelled_batch, b, device, use_bf16, args.compile == "on", likelihood)
+             for name in args.model for likelihood in (args.likelihood if name != "m1m2" else ["gaussian"])
+             for b in args.unlabelled_batch]
     peak = measure(steps, dtype, device, args.rounds, args.seconds)
     rows = [step.row for step in steps]
     result = {
@@ -197,9 +204,9 @@ def main() -> None:
     print(f"Training steps on {device} ({threads or '-'} threads, {result['dtype']}, compile {args.compile}, "
           f"load average before {load:.2f}); matmul {peak:.0f} GFLOP/s in {result['dtype']} "
           f"(median of the rounds; each row's share is the median of its rounds' own)")
-    print_table(["model", "labelled + unlabelled batch", "unlabelled images/s", "s per 50k epoch", "step GFLOP/s",
+    print_table(["model", "likelihood", "labelled + unlabelled batch", "unlabelled images/s", "s per 50k epoch", "step GFLOP/s",
                  "of matmul rate"],
-                [[r["model"], f"{r['labelled_batch']} + {r['unlabelled_batch']}",
+                [[r["model"], r["likelihood"], f"{r['labelled_batch']} + {r['unlabelled_batch']}",
                   f"{r['unlabelled_images_per_second']:.0f}", f"{r['seconds_per_epoch_50k']:.2f}",
                   f"{r['step_gflop_per_s']:.0f}", f"{r['ratio_to_matmul']:.0%}"] for r in rows])
     print(f"wrote {args.out}")

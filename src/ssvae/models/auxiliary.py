@@ -97,9 +97,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .densities import gaussian_log_density, kl_to_standard_normal
+from .likelihoods import NAMES as LIKELIHOOD_NAMES
+from .likelihoods import likelihood as observation_model
 from .m1 import warmup_weight
 from .m2 import M2Terms, at_least_float32, one_hot
-from .softplus import Softplus, softplus
+from .softplus import Softplus
 
 # Bound on the log-variances of q(a|x), q(z|a,x,y) and p(a|..). In the unlabelled bound a class
 # that q(y|a,x) rules out gets (almost) no weight, so nothing holds its networks' outputs back: at
@@ -308,8 +310,9 @@ class AuxiliaryConfig:
                              f"({self.num_classes}), got {self.top_classes}")
         if not self.alpha >= 0:
             raise SsvaeError(f"auxiliary model: alpha must be a non-negative number, got {self.alpha}")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise SsvaeError(f"auxiliary model: likelihood must be bernoulli or gaussian, got {self.likelihood}")
+        if self.likelihood not in LIKELIHOOD_NAMES:
+            raise SsvaeError(f"auxiliary model: likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, "
+                             f"got {self.likelihood}")
         if self.activation not in ACTIVATIONS:
             raise SsvaeError(f"auxiliary model: activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation}")
 
@@ -360,7 +363,8 @@ class AuxiliaryDGM(nn.Module):
         self.config = config
         c = config
         d, k, z, a, h = c.input_dim, c.num_classes, c.latent_dim, c.aux_dim, c.hidden_dims
-        out = d if c.likelihood == "bernoulli" else 2 * d
+        self.observation = observation_model(c.likelihood)
+        out = d * self.observation.params_per_input
 
         def mlp(parts: dict[str, int], width: int, hidden: tuple[int, ...] = h) -> SplitMLP:
             return SplitMLP(parts, hidden, width, k, c.activation)
@@ -510,8 +514,7 @@ class AuxiliaryDGM(nn.Module):
             out = self.decoder(self.decoder.first(z=z, a=a.chunk(2, dim=-1)[0]) + onehot @ self.decoder.class_rows)
         else:
             out = self.decoder(self.decoder.first(z=z) + onehot @ self.decoder.class_rows)
-        out = at_least_float32(out)
-        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out.chunk(2, dim=-1)[0]
+        return self.observation.mean(at_least_float32(out))
 
     def latent(self, x: Tensor) -> Tensor:
         """The style of each image at the class the classifier gives it, for plotting."""
@@ -532,6 +535,14 @@ class AuxiliaryDGM(nn.Module):
         negative = fit + kl_weight * kl
         unlabelled_rows = unlabelled_x.shape[0] * self.config.num_classes
         return negative[unlabelled_rows:], negative[:unlabelled_rows].view(unlabelled_x.shape[0], -1), class_logits
+
+    def unlabelled_bound(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """U(x) per image, the paper's bound (KL weight 1) with y summed out under q(y|a,x) at one draw
+        of a, and H(q(y|a,x)); each (batch,), nats, as M2's ``unlabelled_bound``."""
+        per_class, class_logits = self.bounds(x[:0], torch.zeros(0, dtype=torch.long, device=x.device), x)[1:]
+        log_q = torch.log_softmax(at_least_float32(class_logits), dim=-1)
+        entropy = -(log_q.exp() * log_q).sum(-1)
+        return (log_q.exp() * per_class).sum(-1) - entropy, entropy
 
     def pair_terms(self, labelled_x: Tensor, labelled_y: Tensor, unlabelled_x: Tensor,
                    labelled_noise: Tensor | None = None, unlabelled_noise: Tensor | None = None):
@@ -605,10 +616,7 @@ class AuxiliaryDGM(nn.Module):
         return math.log(k) - log_px, kl_z, log_qa[image_of_row] - log_pa, class_logits, x, a, probe_noise, classes
 
     def _log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
-        if self.config.likelihood == "bernoulli":
-            return (x * out - softplus(out)).sum(-1)
-        mean, logvar = out.chunk(2, dim=-1)
-        return gaussian_log_density(x, mean, logvar)
+        return self.observation.log_prob(x, out)
 
     def forward(self, batch):
         """Calling the model computes its training objective (what DDP wraps)."""

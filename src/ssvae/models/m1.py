@@ -3,7 +3,8 @@
 Generative story, for one image x with latent features z::
 
     p(z)     = Normal(0, I)                          # the features: no label involved
-    p(x|z)   = Bernoulli(sigmoid(decoder(z)))        # the image, pixel by pixel
+    p(x|z)   = Bernoulli(sigmoid(decoder(z)))        # the image, pixel by pixel (or another
+                                                     # likelihood, see models/likelihoods.py)
 
 Inference network::
 
@@ -28,8 +29,10 @@ from torch import Tensor, nn
 
 from ..errors import SsvaeError
 from .densities import kl_to_standard_normal
+from .likelihoods import NAMES as LIKELIHOOD_NAMES
+from .likelihoods import likelihood as observation_model
 from .m2 import at_least_float32
-from .softplus import Softplus, softplus
+from .softplus import Softplus
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class M1Config:
     # it, and most never come back; the warm-up lets more dimensions carry information (15 of 50
     # instead of 10 after 8 minutes on MNIST, and a better bound: -96.1 against -97.8 nats). 0: none.
     kl_warmup_steps: int = 10_000
+    likelihood: str = "bernoulli"  # p(x|z), one of models/likelihoods.py
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))  # a JSON round trip gives a list
@@ -54,6 +58,8 @@ class M1Config:
             raise SsvaeError(f"M1: input_dim and latent_dim must be positive, got {self.input_dim}, {self.latent_dim}")
         if self.kl_warmup_steps < 0:
             raise SsvaeError(f"M1: kl_warmup_steps must be 0 or more, got {self.kl_warmup_steps}")
+        if self.likelihood not in LIKELIHOOD_NAMES:
+            raise SsvaeError(f"M1: likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood}")
         if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
             raise SsvaeError(f"M1: hidden_dims must be one or more positive sizes, got {list(self.hidden_dims)}")
 
@@ -84,7 +90,8 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class M1(nn.Module):
-    """A VAE with Gaussian q(z|x) and Bernoulli p(x|z); inputs are pixels in [0, 1], shape (batch, input_dim)."""
+    """A VAE with Gaussian q(z|x) and (by default) Bernoulli p(x|z); inputs are pixels in [0, 1], shape
+    (batch, input_dim)."""
 
     def __init__(self, config: M1Config = M1Config()):
         super().__init__()
@@ -92,7 +99,9 @@ class M1(nn.Module):
         self.config = config
         hidden = list(config.hidden_dims)
         self.encoder = mlp([config.input_dim, *hidden, 2 * config.latent_dim])  # -> (mu, logvar)
-        self.decoder = mlp([config.latent_dim, *reversed(hidden), config.input_dim])  # -> Bernoulli logits
+        self.observation = observation_model(config.likelihood)
+        self.decoder = mlp([config.latent_dim, *reversed(hidden),
+                            config.input_dim * self.observation.params_per_input])  # -> p(x|z)'s parameters
         # The KL term's weight in the training loss; a buffer, so a compiled loss reads its current
         # value. Set from the step count by ``at_step``, so it is not saved with the weights.
         self.register_buffer("kl_weight", torch.ones(()), persistent=False)
@@ -107,7 +116,7 @@ class M1(nn.Module):
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
-        """Bernoulli logits of p(x|z), shape (batch, input_dim)."""
+        """Parameters of p(x|z), shape (batch, input_dim * p): p numbers per input (Bernoulli: a logit)."""
         return self.decoder(z)
 
     latent_name = "z of q(z|x)"
@@ -117,8 +126,8 @@ class M1(nn.Module):
         return self.encode(x)[0]
 
     def generate(self, z: Tensor) -> Tensor:
-        """The mean image of p(x|z): pixel probabilities, shape (batch, input_dim)."""
-        return torch.sigmoid(self.decode(z)).float()
+        """The mean image of p(x|z), shape (batch, input_dim)."""
+        return self.observation.mean(at_least_float32(self.decode(z))).float()
 
     @property
     def noise_width(self) -> int:
@@ -136,9 +145,7 @@ class M1(nn.Module):
         mu, logvar = self.encode(x)
         noise = torch.randn_like(mu) if noise is None else noise[:, :mu.shape[1]]
         z = mu + torch.exp(0.5 * logvar) * noise
-        logits = at_least_float32(self.decode(z))
-        # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
-        log_px = (x * logits).sum(-1) - softplus(logits).sum(-1)
+        log_px = self.observation.log_prob(x, at_least_float32(self.decode(z)))
         kl = kl_to_standard_normal(mu, logvar)
         return -log_px, kl
 

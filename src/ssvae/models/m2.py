@@ -4,7 +4,8 @@ Generative story, for one image x with class y and style z::
 
     p(y)       = Cat(1/K)                            # which class: uniform
     p(z)       = Normal(0, I)                        # the style: everything the class does not say
-    p(x|y,z)   = Bernoulli(sigmoid(decoder(y, z)))   # the image, pixel by pixel
+    p(x|y,z)   = Bernoulli(sigmoid(decoder(y, z)))   # the image, pixel by pixel (or another
+                                                     # likelihood, see models/likelihoods.py)
 
 Inference networks::
 
@@ -44,7 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .densities import gaussian_log_density, kl_to_standard_normal
+from .densities import kl_to_standard_normal
+from .likelihoods import NAMES as LIKELIHOOD_NAMES
+from .likelihoods import likelihood as observation_model
 from .softplus import Softplus, softplus
 
 
@@ -70,8 +73,9 @@ class M2Config:
     # Weight of the labelled cross-entropy, relative to the per-image bounds (see module docstring);
     # None: ALPHA_PER_INPUT * input_dim, resolved when the config is made, so config.json holds the number.
     alpha: float | None = None
-    # p(x|y,z): "bernoulli" for pixels in [0, 1]; "gaussian" (diagonal, mean and log-variance from the
-    # decoder) for real-valued features, such as M1's latent z1 in M1+M2.
+    # p(x|y,z), one of models/likelihoods.py: "bernoulli" (and the others made for them) for pixels in
+    # [0, 1]; "gaussian" (mean and floored variance from the decoder) for real-valued features, such
+    # as M1's latent z1 in M1+M2.
     likelihood: str = "bernoulli"
 
     def __post_init__(self):
@@ -88,8 +92,8 @@ class M2Config:
             raise SsvaeError(f"M2: alpha must be a non-negative number, got {self.alpha}")
         if self.num_classes < 2:
             raise SsvaeError(f"M2: needs at least 2 classes, got {self.num_classes}")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise SsvaeError(f"M2: likelihood must be bernoulli or gaussian, got {self.likelihood}")
+        if self.likelihood not in LIKELIHOOD_NAMES:
+            raise SsvaeError(f"M2: likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood}")
 
 
 @dataclass
@@ -147,7 +151,8 @@ class M2(nn.Module):
         # p(x|y,z): first layer W_z z + V_y[y] + c, then Bernoulli logits per pixel.
         self.decoder_z = nn.Linear(z, h)
         self.decoder_y = nn.Parameter(torch.empty(k, h))
-        self.decoder_out = nn.Linear(h, d if config.likelihood == "bernoulli" else 2 * d)
+        self.observation = observation_model(config.likelihood)
+        self.decoder_out = nn.Linear(h, d * self.observation.params_per_input)
         # One-hot inputs through a linear layer, initialised as nn.Linear would initialise W_y.
         bound = 1.0 / math.sqrt(k)
         nn.init.uniform_(self.encoder_y, -bound, bound)
@@ -173,13 +178,13 @@ class M2(nn.Module):
         return mu, logvar
 
     def decode(self, z: Tensor, y: Tensor) -> Tensor:
-        """Parameters of p(x|y,z) for classes ``y`` (int64, (batch,)): Bernoulli logits, (batch, input_dim),
-        or Gaussian mean and log-variance side by side, (batch, 2 * input_dim)."""
+        """Parameters of p(x|y,z) for classes ``y`` (int64, (batch,)): (batch, input_dim * p), p numbers
+        per input as the likelihood takes them (Bernoulli logits; location and scale side by side)."""
         return self.decoder_out(softplus(self.decoder_z(z) + self.decoder_y[y]))
 
     def pixel_means(self, out: Tensor) -> Tensor:
-        """The mean of p(x|y,z) from the decoder's output: sigmoid of the logits, or the Gaussian's mean."""
-        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out.chunk(2, dim=-1)[0]
+        """The mean of p(x|y,z) from the decoder's output."""
+        return self.observation.mean(at_least_float32(out))
 
     # -- what pictures are drawn from ------------------------------------------------------------
 
@@ -243,18 +248,13 @@ class M2(nn.Module):
         return negative[n_u * k:], negative[:n_u * k].view(n_u, k)
 
     def _log_likelihood(self, unlabelled_x: Tensor, labelled_x: Tensor, out: Tensor) -> Tensor:
-        """log p(x|y,z) of every row laid out by :meth:`bounds`, from the decoder's output ``out``."""
+        """log p(x|y,z) of every row laid out by :meth:`bounds`, from the decoder's output ``out``.
+        Each unlabelled image is broadcast against its K rows rather than copied K times."""
         n_u, k = unlabelled_x.shape[0], self.config.num_classes
-        if self.config.likelihood == "bernoulli":
-            # log Bernoulli(x | sigmoid(l)) = x*l - softplus(l), summed over pixels.
-            observed = torch.cat([
-                (unlabelled_x.unsqueeze(1) * out[:n_u * k].unflatten(0, (n_u, k))).sum(-1).flatten(),
-                (labelled_x * out[n_u * k:]).sum(-1),
-            ])
-            return observed - softplus(out).sum(-1)
-        x = torch.cat([unlabelled_x.unsqueeze(1).expand(n_u, k, -1).flatten(0, 1), labelled_x])
-        mean, logvar = out.chunk(2, dim=-1)
-        return gaussian_log_density(x, mean, logvar)
+        return torch.cat([
+            self.observation.log_prob(unlabelled_x.unsqueeze(1), out[:n_u * k].unflatten(0, (n_u, k))).flatten(),
+            self.observation.log_prob(labelled_x, out[n_u * k:]),
+        ])
 
     def labelled_bound(self, x: Tensor, y: Tensor) -> Tensor:
         """L(x,y) per image, shape (batch,), for known classes ``y`` (int64, (batch,))."""
