@@ -174,3 +174,199 @@ def test_random_bytes_and_names_either_load_or_stop_with_the_clear_message(tmp_p
 def test_parallel_decoding_keeps_the_files_in_order():
     items = list(range(100))
     assert folder_module._parallel(lambda n: n * n, items, workers=3, chunk=7) == [n * n for n in items]
+
+
+def save_grey(path, level=0, size=(8, 8)):
+    """A small grey PNG (or whatever the suffix says), its folders made first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, level).save(path)
+
+
+def quiet(*args):
+    pass
+
+
+def test_subfolder_layout_labels_by_subfolder_and_reads_the_unlabelled_one_as_unlabelled(tmp_path):
+    for name, count in (("dog", 2), ("cat", 3), ("unlabelled", 4)):
+        for n in range(count):
+            save_grey(tmp_path / name / f"img{n}.png", 60 * n)
+    images = read_folder(tmp_path, FolderOptions(layout="subfolders"), log=quiet)
+    assert images.class_names == ["cat", "dog"]
+    by_folder = {}
+    for path, label in zip(images.paths, images.labels):
+        by_folder.setdefault(path.parent.name, set()).add(int(label))
+    assert by_folder == {"cat": {0}, "dog": {1}, "unlabelled": {-1}}
+    # Another name for the unlabelled subfolder makes "unlabelled" a class like the others.
+    renamed = read_folder(tmp_path, FolderOptions(layout="subfolders", unlabelled_folder="none"), log=quiet)
+    assert renamed.class_names == ["cat", "dog", "unlabelled"] and (renamed.labels >= 0).all()
+
+
+def test_subfolder_classes_that_are_numbers_are_ordered_as_numbers(tmp_path):
+    for name in ("10", "9", "2"):
+        save_grey(tmp_path / name / "a.png")
+    assert read_folder(tmp_path, log=quiet).class_names == ["2", "9", "10"]  # auto: subfolders
+
+
+def test_auto_layout_picks_subfolders_only_when_every_image_is_one_down_and_no_name_is_a_label(tmp_path):
+    options = FolderOptions()
+    cases = {
+        "classes": (["cat/a.png", "dog/b.png", "unlabelled/c.png"], "subfolders"),
+        "one_on_top": (["cat/a.png", "dog/b.png", "stray.png"], "names"),
+        "named_in_batches": (["batch1/3_a.png", "batch2/b.png"], "names"),
+        "two_down": (["cat/young/a.png", "dog/b.png"], "names"),
+        "flat": (["3_a.png", "b.png"], "names"),
+    }
+    for case, (files, expected) in cases.items():
+        for file in files:
+            save_grey(tmp_path / case / file)
+        paths = folder_module.list_images(tmp_path / case)
+        layout, why = folder_module.resolve_layout(tmp_path / case, paths, options)
+        assert layout == expected, (case, why)
+    layout, why = folder_module.resolve_layout(tmp_path / "flat", [], FolderOptions(labels_csv="labels.csv"))
+    assert (layout, why) == ("csv", "--labels-csv was given")
+    # Training says in one line which layout it read and why.
+    said = []
+    with pytest.raises(SsvaeError):  # one image per class is too few; the line comes first
+        load_folder(tmp_path / "classes", cache_dir=tmp_path / "cache", log=said.append)
+    assert said[0] == (f"{tmp_path / 'classes'}: read in layout 'subfolders' (one subfolder per class, unlabelled "
+                       f"images in unlabelled/) as every image sits one subfolder down and no file name matches "
+                       f"--label-pattern")
+
+
+def test_a_subfolder_class_with_one_image_is_named_with_its_subfolder(tmp_path):
+    for n in range(3):
+        save_grey(tmp_path / "cat" / f"{n}.png")
+    save_grey(tmp_path / "dog" / "only.png")
+    with pytest.raises(SsvaeError) as error:
+        load_folder(tmp_path, cache_dir=tmp_path / "cache", log=quiet)
+    message = str(error.value)
+    assert f"class 'dog' has 1 labelled image(s) (in {tmp_path / 'dog'}); at least 3 are needed" in message
+    assert "add more images to that subfolder" in message
+
+
+def test_an_explicit_subfolder_layout_refuses_images_outside_the_class_subfolders(tmp_path):
+    save_grey(tmp_path / "cat" / "a.png")
+    save_grey(tmp_path / "stray.png")
+    with pytest.raises(SsvaeError, match=r"1 sit in the folder itself \(stray.png\); move them"):
+        read_folder(tmp_path, FolderOptions(layout="subfolders"), log=quiet)
+
+
+def test_a_subfolder_layout_with_no_class_subfolder_says_how_to_label(tmp_path):
+    save_grey(tmp_path / "unlabelled" / "a.png")
+    with pytest.raises(SsvaeError, match="no image sits in a class subfolder"):
+        load_folder(tmp_path, cache_dir=tmp_path / "cache", log=quiet)
+
+
+def test_validation_and_test_folders_in_the_subfolder_layout(tmp_path):
+    for split, count in (("train", 3), ("val", 1), ("test", 2)):
+        for name, level in (("cat", 0), ("dog", 255)):
+            for n in range(count):
+                save_grey(tmp_path / split / name / f"{n}.png", level)
+    save_grey(tmp_path / "train" / "unlabelled" / "u.png")
+    data = load_folder(tmp_path / "train", val_folder=tmp_path / "val", test_folder=tmp_path / "test",
+                       cache_dir=tmp_path / "cache", log=quiet)
+    assert data.class_names == ["cat", "dog"] and sorted(data.train_labels.tolist()) == [-1, 0, 0, 0, 1, 1, 1]
+    assert data.val_labels.tolist() == [0, 1] and sorted(data.test_labels.tolist()) == [0, 0, 1, 1]
+    np.testing.assert_array_equal(data.val_images.max(axis=1), [0, 255])  # each image kept with its class
+    save_grey(tmp_path / "val" / "unlabelled" / "u.png")
+    with pytest.raises(SsvaeError, match=r"--val .*: every image there needs a class subfolder \(not unlabelled/\)"):
+        load_folder(tmp_path / "train", val_folder=tmp_path / "val", cache_dir=tmp_path / "cache", log=quiet)
+
+
+def write_csv(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_layout_labels_listed_files_and_leaves_empty_labels_and_unlisted_files_unlabelled(tmp_path):
+    folder = tmp_path / "shots"
+    for name in ("a.png", "b.png", "c.png", "d.png", "sub/e.png", "sub/f.png"):
+        save_grey(folder / name)
+    labels = write_csv(tmp_path / "labels.csv",
+                       "file,label\n"
+                       "a.png,zebra\n"
+                       "b.png,\n"  # an empty label: unlabelled
+                       f"{folder / 'c.png'},ant\n"  # an absolute path
+                       "sub/e.png,ant\n"
+                       "./a.png,zebra\n")  # listed twice with the same label: fine
+    images = read_folder(folder, FolderOptions(labels_csv=str(labels)), log=quiet)  # auto: csv
+    assert images.class_names == ["ant", "zebra"]
+    got = {str(p.relative_to(folder)): int(y) for p, y in zip(images.paths, images.labels)}
+    assert got == {"a.png": 1, "b.png": -1, "c.png": 0, "d.png": -1, "sub/e.png": 0, "sub/f.png": -1}
+
+
+def test_csv_rows_naming_missing_files_are_listed_with_their_lines(tmp_path):
+    folder = tmp_path / "shots"
+    save_grey(folder / "a.png")
+    save_grey(folder / "b.png")
+    labels = write_csv(tmp_path / "labels.csv", "file,label\na.png,1\ngone.png,2\nb.png,1\nnotes.txt,3\n")
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(SsvaeError) as error:
+        read_folder(folder, FolderOptions(labels_csv=str(labels)), log=quiet)
+    message = str(error.value)
+    assert f"--labels-csv {labels}: 2 of 4 rows do not name an image of {folder}" in message
+    assert f"line 3: gone.png: no such file in {folder}" in message
+    assert "line 5: notes.txt: not an image file" in message and "--skip-bad" in message
+    said = []
+    images = read_folder(folder, FolderOptions(labels_csv=str(labels), skip_bad=True), log=said.append)
+    assert images.labels.tolist() == [0, 0] and "ignoring 2 of 4 rows" in said[0] and "gone.png" in said[0]
+
+
+def test_a_csv_without_a_label_column_says_which_columns_it_needs(tmp_path):
+    save_grey(tmp_path / "shots" / "a.png")
+    labels = write_csv(tmp_path / "labels.csv", "file,class\na.png,cat\n")
+    with pytest.raises(SsvaeError) as error:
+        read_folder(tmp_path / "shots", FolderOptions(labels_csv=str(labels)), log=quiet)
+    message = str(error.value)
+    assert message.startswith(f"--labels-csv {labels}: needs columns named 'file' and 'label'")
+    assert "has 'file', 'class' (no 'label')" in message
+
+
+def test_a_file_given_two_labels_in_the_csv_names_both_lines(tmp_path):
+    save_grey(tmp_path / "shots" / "a.png")
+    labels = write_csv(tmp_path / "labels.csv", "file,label\na.png,cat\nb.png,\na.png,dog\n")
+    (tmp_path / "shots" / "b.png").write_bytes((tmp_path / "shots" / "a.png").read_bytes())
+    with pytest.raises(SsvaeError, match=r"1 file\(s\) are listed more than once with different labels:\n"
+                                         r"  a.png: 'cat' \(line 2\), 'dog' \(line 4\)"):
+        read_folder(tmp_path / "shots", FolderOptions(labels_csv=str(labels)), log=quiet)
+
+
+def test_an_unreadable_or_missing_csv_is_named(tmp_path):
+    save_grey(tmp_path / "shots" / "a.png")
+    for content, expected in ((None, "no such file"), (b"file,label\na.png,\xff\xfe\n", "not UTF-8 text"),
+                              (b"", "is empty; its first row must be the header file,label"),
+                              (b'file,label\n"a.png,cat\n', "not a readable CSV")):
+        labels = tmp_path / "labels.csv"
+        labels.unlink(missing_ok=True)
+        if content is not None:
+            labels.write_bytes(content)
+        with pytest.raises(SsvaeError) as error:
+            read_folder(tmp_path / "shots", FolderOptions(labels_csv=str(labels)), log=quiet)
+        assert str(error.value).startswith(f"--labels-csv {labels}: ") and expected in str(error.value)
+
+
+def test_layout_options_that_contradict_each_other_are_refused():
+    with pytest.raises(SsvaeError, match="--layout csv: give the CSV"):
+        FolderOptions(layout="csv").validate()
+    with pytest.raises(SsvaeError, match="only with --layout csv"):
+        FolderOptions(layout="subfolders", labels_csv="labels.csv").validate()
+    with pytest.raises(SsvaeError, match="--unlabelled-folder 'a/b': must be the name of one subfolder"):
+        FolderOptions(unlabelled_folder="a/b").validate()
+
+
+def test_changing_the_layout_or_the_csv_decodes_the_folder_again(tmp_path, monkeypatch):
+    for n in range(6):
+        save_grey(tmp_path / "shots" / ("cat" if n < 3 else "dog") / f"{n}.png", 40 * n)
+    folder, cache = tmp_path / "shots", tmp_path / "cache"
+    labels = write_csv(tmp_path / "labels.csv", "file,label\n" + "".join(f"cat/{n}.png,x\n" for n in range(3))
+                       + "".join(f"dog/{n}.png,y\n" for n in range(3, 6)))
+    first = load_folder(folder, cache_dir=cache, log=quiet)
+    by_csv = load_folder(folder, FolderOptions(labels_csv=str(labels)), cache_dir=cache, log=quiet)
+    assert first.class_names == ["cat", "dog"] and by_csv.class_names == ["x", "y"]
+    monkeypatch.setattr(folder_module, "read_image", lambda *a: pytest.fail("decoded again"))
+    assert load_folder(folder, FolderOptions(labels_csv=str(labels)), cache_dir=cache, log=quiet).class_names == [
+        "x", "y"]
+    monkeypatch.undo()
+    write_csv(labels, labels.read_text().replace(",y", ",z"))
+    assert load_folder(folder, FolderOptions(labels_csv=str(labels)), cache_dir=cache,
+                       log=quiet).class_names == ["x", "z"]

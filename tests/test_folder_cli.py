@@ -174,3 +174,96 @@ def test_the_pictures_of_a_colour_folder_run(tmp_path, capsys):
     assert np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean() > 5
     page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 6
+
+
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory):
+    """The digits in the subfolder layout: train/ with five labelled per class and the rest in
+    unlabelled/, and test/ with one subfolder per class."""
+    digits = load_digits()
+    root = tmp_path_factory.mktemp("subfolders")
+    seen = {k: 0 for k in range(10)}
+    for n in range(300):
+        label = int(digits.target[n])
+        seen[label] += 1
+        where = str(label) if seen[label] <= LABELLED_PER_CLASS else "unlabelled"
+        (root / "train" / where).mkdir(parents=True, exist_ok=True)
+        save_digit(root / "train" / where / f"{n:04d}.png", digits.data[n])
+    for n in range(300, 400):
+        (root / "test" / str(digits.target[n])).mkdir(parents=True, exist_ok=True)
+        save_digit(root / "test" / str(digits.target[n]) / f"{n:04d}.png", digits.data[n])
+    return root
+
+
+def test_train_on_class_subfolders_then_predict_reads_the_subfolders_as_labels(class_folders, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(class_folders / "train"), "--epochs", "1", "--unlabelled-batch", "20",
+                 "--device", "cpu", "--compile", "off", "--bf16", "off", "--no-report", "--quiet",
+                 "--out", str(run)]) == 0
+    said = capsys.readouterr().out
+    assert f"{class_folders / 'train'}: read in layout 'subfolders'" in said
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["class_names"] == [str(k) for k in range(10)]
+    assert config["train"]["labels"] == 10 * (LABELLED_PER_CLASS - 2)  # one per class each for val and test
+    assert (config["train"]["layout"], config["train"]["unlabelled_folder"], config["train"]["labels_csv"]) == (
+        "auto", "unlabelled", None)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run), str(class_folders / "test"), "--out", str(out)]) == 0
+    assert "accuracy on the 100 images whose subfolders name a class: " in capsys.readouterr().out
+    with out.open() as f:
+        assert len(list(csv.DictReader(f))) == 100
+    # Subfolders that are not classes (here: batches) leave the images unlabelled, and say so.
+    batches = tmp_path / "batches"
+    for n, image in enumerate(sorted((class_folders / "test").rglob("*.png"))[:4]):
+        (batches / f"batch{n % 2}").mkdir(parents=True, exist_ok=True)
+        (batches / f"batch{n % 2}" / image.name).write_bytes(image.read_bytes())
+    assert main(["predict", str(run), str(batches)]) == 0
+    said = capsys.readouterr().out
+    assert "4 images: " in said and "accuracy" not in said
+    assert "its subfolders batch0, batch1 are not classes the model knows" in said
+
+
+def test_predict_reads_labels_as_the_run_was_trained_to(tmp_path):
+    from ssvae.config import TrainConfig
+    from ssvae.predict import new_image_labels
+
+    for name in ("named/3_a.png", "named/b.png", "classes/3/c.png", "classes/unlabelled/d.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(tmp_path / name)
+    known = [str(k) for k in range(10)]
+    inputs = [tmp_path / "named", tmp_path / "classes"]
+    for config, expected, sources in (
+            (TrainConfig(), ["3", None, "3", None], ("names", "subfolders")),  # per folder, as auto found it
+            (TrainConfig(layout="names"), ["3", None, None, None], ("names",)),
+            (TrainConfig(layout="subfolders"), [None, None, "3", None], ("subfolders",)),
+            (TrainConfig(labels_csv="labels.csv"), [None, None, "3", None], ("subfolders",))):
+        paths, labels, found_sources = new_image_labels(inputs, config, known, log=lambda *a: None)
+        assert [p.name for p in paths] == ["3_a.png", "b.png", "c.png", "d.png"]
+        assert (labels, found_sources) == (expected, sources), config.layout
+
+
+def test_a_config_saved_before_the_layout_options_still_loads(tmp_path):
+    from ssvae.config import load_config
+
+    payload = {"format": 1, "train": {"model": "m2", "data": "shapes", "label_pattern": r"(?P<label>\d+)_.+"},
+               "model": {}}
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    config, _ = load_config(tmp_path / "config.json")
+    assert (config.layout, config.unlabelled_folder, config.labels_csv) == ("auto", "unlabelled", None)
+    assert config.folder_options().layout == "auto"
+
+
+def test_a_bad_labels_csv_stops_training_with_its_message(tmp_path, capsys):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "a.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.png,cat\nmissing.png,dog\n")
+    assert main(["train", "--data", str(folder), "--labels-csv", str(labels), "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"--labels-csv {labels}: 1 of 2 rows do not name an image" in err and "line 3: missing.png" in err
+    assert "Traceback" not in err
+    assert main(["train", "--data", str(folder), "--layout", "subfolders", "--labels-csv", str(labels),
+                 "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 2
+    assert "only with --layout csv" in capsys.readouterr().err

@@ -71,15 +71,25 @@ def test_reusing_a_run_that_is_not_m1_is_refused(tmp_path, capsys, mnist):
     assert "not m1" in capsys.readouterr().err
 
 
-def test_baselines_use_the_same_labels_and_report_validation_and_test(m1_run, capsys):
+def test_baselines_use_the_same_labels_and_report_validation_and_test(m1_run, capsys, mnist):
+    from sklearn.linear_model import LogisticRegression
+
+    from ssvae.data.labels import balanced_label_split
+
     capsys.readouterr()
     assert main(["baseline", "--labels", "100", "--m1", str(m1_run), "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in figures["results"]]
-    assert names == ["pixels + SVM", "M1 + SVM", "M1 + label spreading"]
-    pixels = figures["results"][0]
+    assert names == ["pixels + logistic regression", "pixels + SVM", "M1 + SVM", "M1 + label spreading"]
+    linear, pixels = figures["results"][:2]
     # An RBF SVM on 100 labelled pixel images: far above chance, far below the generative models.
     assert 0.6 < pixels["test_accuracy"] < 0.9 and 0.6 < pixels["val_accuracy"] < 0.9
+    # The same 100 labels a run with seed 0 draws: the linear classifier refitted on them, with the
+    # setting chosen on validation, gives the same test figure.
+    labelled = balanced_label_split(mnist.train_labels, 100, 10, 0)
+    c = float(linear["setting"].removeprefix("C="))
+    refit = LogisticRegression(C=c, max_iter=2000).fit(mnist.train_images[labelled] / 255.0, mnist.train_labels[labelled])
+    assert refit.score(mnist.test_images / 255.0, mnist.test_labels) == pytest.approx(linear["test_accuracy"], abs=1e-4)
 
 
 def test_sweep_trains_the_grid_writes_its_table_and_reuses_finished_runs(tmp_path, capsys, mnist):

@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .checkpoint import atomic_write_json
-from .data.folder import DEFAULT_LABEL_PATTERN, FolderOptions
+from .data.folder import DEFAULT_LABEL_PATTERN, DEFAULT_UNLABELLED_FOLDER, FolderOptions
 from .errors import SsvaeError
 from .models import REGISTRY
+from .models.likelihoods import NAMES as LIKELIHOOD_NAMES
 
 MODELS = tuple(REGISTRY)
 
@@ -56,12 +57,16 @@ class TrainConfig:
     m1_share: float = 0.5
     active_threshold: float = 0.1
     model_options: dict = field(default_factory=dict)  # overrides of the model's config (alpha, sizes)
-    # p(x|...) of M2: "auto" takes what the data suggests (Bernoulli for near-binary images such as
-    # MNIST, a Gaussian with learned variance for photographs), or "bernoulli" / "gaussian".
+    # p(x|...) of every family (M1+M2: of its M1), one of models/likelihoods.py, or "auto": the one
+    # that served classification best where it was measured (see experiment.resolve_likelihood).
     likelihood: str = "auto"
     # A folder of the user's own images (--data DIR): how its files are read and split. Labels come
-    # from the file names that match label_pattern (a regular expression with a group "label").
+    # from the layout: file names that match label_pattern (a regular expression with a group
+    # "label"), one subfolder per class, or a file,label CSV; "auto" picks one (see data/folder.py).
+    layout: str = "auto"
     label_pattern: str = DEFAULT_LABEL_PATTERN
+    unlabelled_folder: str = DEFAULT_UNLABELLED_FOLDER  # the subfolder of unlabelled images
+    labels_csv: str | None = None  # the file,label CSV of the csv layout
     channels: int = 1
     image_size: tuple[int, int] | None = None  # (width, height); None: the folder's most common size
     skip_bad: bool = False  # leave out unusable files (and say so) instead of stopping
@@ -75,7 +80,8 @@ class TrainConfig:
 
     def folder_options(self):
         """How an image folder is read, as :class:`~ssvae.data.folder.FolderOptions`."""
-        return FolderOptions(self.label_pattern, self.channels, self.image_size, self.skip_bad)
+        return FolderOptions(self.label_pattern, self.channels, self.image_size, self.skip_bad, layout=self.layout,
+                             unlabelled_folder=self.unlabelled_folder, labels_csv=self.labels_csv)
 
     @property
     def lr(self) -> float:
@@ -109,8 +115,8 @@ class TrainConfig:
             raise SsvaeError(f"--checkpoint-minutes {self.checkpoint_minutes}: must be positive")
         if self.threads is not None and self.threads < 1:
             raise SsvaeError(f"--threads {self.threads}: must be at least 1")
-        if self.likelihood not in ("auto", "bernoulli", "gaussian"):
-            raise SsvaeError(f"--likelihood {self.likelihood}: choose auto, bernoulli or gaussian")
+        if self.likelihood not in ("auto", *LIKELIHOOD_NAMES):
+            raise SsvaeError(f"--likelihood {self.likelihood}: choose auto, {', '.join(LIKELIHOOD_NAMES)}")
         self.folder_options().validate()
         for name in ("bf16", "compile"):
             if getattr(self, name) not in ("auto", "on", "off"):

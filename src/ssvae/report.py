@@ -16,6 +16,7 @@ import numpy as np
 
 from . import pictures
 from .checkpoint import atomic_write_text
+from .intervals import describe_accuracy
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -37,9 +38,12 @@ def _result_rows(result: dict) -> list[tuple[str, object]]:
     names = {
         "val_accuracy": "validation accuracy (best checkpoint)", "test_accuracy": "test accuracy (same weights)",
         "val_elbo": "validation ELBO, nats (best checkpoint)", "test_elbo": "test ELBO, nats (same weights)",
+        "test_bound_nats": "test negative bound, nats per image (lower is better)",
+        "test_bits_per_dim": "test negative bound, bits per dimension",
         "checkpoint_epoch": "best checkpoint's epoch", "active_dims": "active z1 dimensions M2 sees",
     }
-    return [(label, _number(result[key])) for key, label in names.items() if key in result]
+    return [(label, describe_accuracy(result, key.removesuffix("_accuracy")) if key.endswith("_accuracy")
+             else _number(result[key])) for key, label in names.items() if key in result]
 
 
 def _timing_rows(result: dict, histories: dict[str, list[dict]]) -> list[tuple[str, object]]:
