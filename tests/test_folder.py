@@ -129,7 +129,7 @@ def test_labels_a_checkpoint_does_not_know_are_bad(tmp_path):
 def test_split_is_stratified_and_too_few_labels_say_how_to_fix_it(digits_folder, tmp_path):
     root, _ = digits_folder
     data = load_folder(root, cache_dir=tmp_path, fraction=0.2, log=lambda *a: None)
-    assert data.num_classes == 10 and data.likelihood in ("bernoulli", "gaussian")
+    assert data.num_classes == 10 and data.layout == "names"
     assert np.bincount(data.val_labels, minlength=10).tolist() == [1] * 10
     assert np.bincount(data.test_labels, minlength=10).tolist() == [1] * 10
     assert (data.train_labels >= 0).sum() == 30 and (data.train_labels == -1).sum() == 150

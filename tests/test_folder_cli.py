@@ -205,8 +205,9 @@ def test_train_on_class_subfolders_then_predict_reads_the_subfolders_as_labels(c
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["class_names"] == [str(k) for k in range(10)]
     assert config["train"]["labels"] == 10 * (LABELLED_PER_CLASS - 2)  # one per class each for val and test
+    # The layout auto found is kept, so that predict reads new folders as this one was read.
     assert (config["train"]["layout"], config["train"]["unlabelled_folder"], config["train"]["labels_csv"]) == (
-        "auto", "unlabelled", None)
+        "subfolders", "unlabelled", None)
     out = tmp_path / "preds.csv"
     assert main(["predict", str(run), str(class_folders / "test"), "--out", str(out)]) == 0
     assert "accuracy on the 100 images whose subfolders name a class: " in capsys.readouterr().out
@@ -267,3 +268,42 @@ def test_a_bad_labels_csv_stops_training_with_its_message(tmp_path, capsys):
     assert main(["train", "--data", str(folder), "--layout", "subfolders", "--labels-csv", str(labels),
                  "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 2
     assert "only with --layout csv" in capsys.readouterr().err
+
+
+def test_labels_held_out_are_said_and_the_small_test_set_is_called_small(digit_folders, tmp_path, capsys):
+    """No --val or --test: a stratified share of the 50 labels goes to each, and the run says so."""
+    folders, *_ = digit_folders
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folders["train"]), "--unlabelled-batch", "20", "--epochs", "2",
+                 "--compile", "off", "--quiet", "--no-report", "--out", str(run)]) == 0
+    said = capsys.readouterr().out
+    assert "labelled files: 50, of which 30 train the model; validation 10 images, test 10 images" in said
+    assert "--holdout 0 trains on all of them" in said
+    result = json.loads((run / "result.json").read_text())
+    assert result["test_images"] == 10 and result["val_images"] == 10
+    assert "of 10 images; 95% interval" in said and "a small test set" in said
+
+
+def test_holdout_0_trains_on_every_label_keeps_the_last_weights_and_tests_on_the_test_folder(digit_folders, tmp_path,
+                                                                                          capsys):
+    folders, *_ = digit_folders
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folders["train"]), "--test", str(folders["test"]), "--holdout", "0",
+                 "--unlabelled-batch", "20", "--epochs", "3", "--compile", "off", "--quiet", "--no-report",
+                 "--out", str(run)]) == 0
+    said = capsys.readouterr().out
+    assert "labelled files: 50, of which 50 train the model; validation 0 images, test 400 images" in said
+    assert "no validation images: the last weights kept (epoch 3)" in said
+    result = json.loads((run / "result.json").read_text())
+    assert "val_accuracy" not in result and result["test_images"] == 400 and result["checkpoint_epoch"] == 3
+    assert len(json.loads((run / "labelled_indices.json").read_text())) == 50
+    # Without --test as well there is nothing to measure accuracy on, and the run says so.
+    assert main(["train", "--data", str(folders["train"]), "--holdout", "0", "--unlabelled-batch", "20", "--epochs",
+                 "1", "--compile", "off", "--quiet", "--no-report", "--out", str(tmp_path / "bare")]) == 0
+    assert "no test images: give --test FOLDER" in capsys.readouterr().out
+
+
+def test_an_impossible_holdout_is_refused(digit_folders, tmp_path, capsys):
+    folders, *_ = digit_folders
+    assert main(["train", "--data", str(folders["train"]), "--holdout", "0.6", "--out", str(tmp_path / "r")]) == 2
+    assert "--holdout 0.6: must be at least 0 and below 0.5" in capsys.readouterr().err

@@ -169,9 +169,14 @@ def _add_how_to_train(p) -> None:
                         help="leave out images that cannot be read, and --labels-csv rows that name no image "
                         "(and list them) instead of stopping")
     folder.add_argument("--val", dest="val_data", default=None, metavar="FOLDER",
-                        help="labelled images for validation (default: a stratified tenth of the labelled files)")
+                        help="labelled images for validation (default: a stratified --holdout share of the labelled "
+                        "files)")
     folder.add_argument("--test", dest="test_data", default=None, metavar="FOLDER",
-                        help="labelled images for test (default: another stratified tenth)")
+                        help="labelled images for test (default: another stratified --holdout share)")
+    folder.add_argument("--holdout", type=float, default=d.holdout, metavar="SHARE",
+                        help="share of each class's labelled files held out for validation, and again for test, "
+                        "where no --val / --test folder is given; 0 trains on all of them, keeps the last averaged "
+                        "weights (nothing is chosen on validation) and measures accuracy only on --test")
     stacked = p.add_argument_group("M1+M2 (--model m1m2)")
     stacked.add_argument("--m1", dest="m1_run", default=None, metavar="RUN",
                          help="reuse the M1 trained by run RUN instead of training one first")
@@ -236,6 +241,7 @@ def _config_from_args(args, model: str, labels: int, seed: int):
         likelihood=args.likelihood, layout=args.layout, label_pattern=args.label_pattern,
         unlabelled_folder=args.unlabelled_folder, labels_csv=args.labels_csv, channels=args.channels,
         image_size=args.image_size, skip_bad=args.skip_bad, val_data=args.val_data, test_data=args.test_data,
+        holdout=args.holdout,
         report=args.report,
     )
     config.validate()
@@ -318,9 +324,12 @@ def _print_result(result: dict, run_dir: Path) -> None:
               f"{result['epochs']} epochs in {result['minutes']:.1f} min{skipped}")
         print(f"test ELBO {result['test_elbo']:.2f} nats")
     else:
-        print(f"best validation accuracy {describe_accuracy(result, 'val')} (epoch {result['checkpoint_epoch']}), "
-              f"{result['epochs']} epochs in {result['minutes']:.1f} min{skipped}")
-        print(f"test accuracy {describe_accuracy(result, 'test')}")
+        kept = (f"best validation accuracy {describe_accuracy(result, 'val')}" if "val_accuracy" in result
+                else "no validation images: the last weights kept")
+        print(f"{kept} (epoch {result['checkpoint_epoch']}), {result['epochs']} epochs in {result['minutes']:.1f} "
+              f"min{skipped}")
+        print(f"test accuracy {describe_accuracy(result, 'test')}" if "test_accuracy" in result
+              else "no test images: give --test FOLDER to measure accuracy")
     if "test_bound_nats" in result:
         print(f"test bound {describe_bound(result)}")
     print(f"run directory: {run_dir}")
@@ -360,8 +369,9 @@ def _evaluate(args) -> int:
         print(f"validation ELBO {result['val_elbo']:.2f} nats")
         print(f"test ELBO       {result['test_elbo']:.2f} nats")
     else:
-        print(f"validation accuracy {describe_accuracy(result, 'val')}")
-        print(f"test accuracy       {describe_accuracy(result, 'test')}")
+        for split, name in (("val", "validation accuracy"), ("test", "test accuracy      ")):
+            print(f"{name} {describe_accuracy(result, split)}" if f"{split}_accuracy" in result
+                  else f"{name} none: no {name.split()[0]} images")
     if "test_bound_nats" in result and not args.json:
         print(f"test bound          {describe_bound(result)}")
     return 0

@@ -71,7 +71,11 @@ class TrainConfig:
     image_size: tuple[int, int] | None = None  # (width, height); None: the folder's most common size
     skip_bad: bool = False  # leave out unusable files (and say so) instead of stopping
     val_data: str | None = None  # folders of labelled images for validation and test; by default a
-    test_data: str | None = None  # stratified tenth of the labelled files each
+    test_data: str | None = None  # stratified share (holdout) of the labelled files each
+    # The share of each class's labelled files held out of training for validation, and again for
+    # test, where no --val / --test folder is given. 0 trains on every label: nothing is chosen on
+    # validation then (the last averaged weights are kept) and accuracy is measured only on --test.
+    holdout: float = 0.1
     report: bool = True  # write report.html (every picture, embedded) at the end of the run
 
     def __post_init__(self):
@@ -113,6 +117,9 @@ class TrainConfig:
             raise SsvaeError(f"--m1-share {self.m1_share}: must be between 0 and 1")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
             raise SsvaeError(f"--checkpoint-minutes {self.checkpoint_minutes}: must be positive")
+        if not 0 <= self.holdout < 0.5:
+            raise SsvaeError(f"--holdout {self.holdout}: must be at least 0 and below 0.5 (it is held out twice, "
+                             f"for validation and for test)")
         if self.threads is not None and self.threads < 1:
             raise SsvaeError(f"--threads {self.threads}: must be at least 1")
         if self.likelihood not in ("auto", *LIKELIHOOD_NAMES):

@@ -53,7 +53,7 @@ def load_data(spec: str, log=print, config: TrainConfig | None = None):
     folder = Path(spec)
     config = config or TrainConfig(data=spec)
     return load_folder(folder, config.folder_options(), val_folder=config.val_data, test_folder=config.test_data,
-                       seed=config.seed, log=log)
+                       fraction=config.holdout, seed=config.seed, log=log)
 
 
 def is_image_folder(spec: str) -> bool:
@@ -157,6 +157,8 @@ def _train(config: TrainConfig, run_dir: Path, overwrite: bool, progress: bool, 
     if processes.is_main:
         barrier(processes)
     from_files = getattr(data, "labels_from_files", False)
+    if from_files and config.layout == "auto":  # so that predict reads new folders as this one was read
+        config.layout = data.layout
     if config.model == "m1":
         labelled = np.zeros(0, dtype=np.int64)  # M1 learns without labels
     elif from_files and not resume:  # a folder: its file names say which images are labelled
@@ -272,7 +274,7 @@ class Stage:
         self.config, self.data, self.labelled, self.device = config, data, labelled, device
         self.progress, self.log, self.resume, self.processes = progress, log, resume, processes
 
-    def settings(self, minutes: float | None, selection_metric: str) -> TrainerSettings:
+    def settings(self, minutes: float | None, selection_metric: str | None) -> TrainerSettings:
         c = self.config
         use_bf16 = c.bf16 == "on" or (c.bf16 == "auto" and bf16_supported(self.device))
         budget = minutes if minutes is not None else float("inf")
@@ -324,10 +326,14 @@ class Stage:
         data, device = self.data, self.device
 
         def validate(m):
+            if not len(data.val_labels):
+                return {}
             return {"val_accuracy": accuracy(m, data.val_images, data.val_labels, device, thorough=False)}
 
+        # With --holdout 0, or no validation image at all, nothing is chosen on validation.
+        choose = "val_accuracy" if self.config.holdout > 0 and len(data.val_labels) else None
         trainer, fit = self.fit(model, self.batches(self.config.labelled_batch_size, model.noise_width), validate,
-                                run_dir, self.settings(minutes, "val_accuracy"))
+                                run_dir, self.settings(minutes, choose))
         if not self.processes.is_main:
             return {}
         result = evaluate_model(run_dir, model, data, device)
@@ -479,14 +485,12 @@ def evaluate_model(run_dir: Path, model, data, device: torch.device, binarize: b
             **bound_figures("test", test_negative_elbo, model),
             "checkpoint_epoch": state.get("epoch"),
         }
-    result = {
-        **accuracy_figures("val", correct_predictions(model, data.val_images, data.val_labels, device),
-                           len(data.val_labels)),
-        **accuracy_figures("test", correct_predictions(model, data.test_images, data.test_labels, device),
-                           len(data.test_labels)),
-        "checkpoint_epoch": state.get("epoch"),
-    }
-    if hasattr(model, "unlabelled_bound"):  # a bound on the pixels themselves (not M1+M2's features)
+    result = {"checkpoint_epoch": state.get("epoch")}
+    for split in ("val", "test"):  # a split with no image (--holdout 0 and no folder for it) is left out
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if len(labels):
+            result.update(accuracy_figures(split, correct_predictions(model, images, labels, device), len(labels)))
+    if hasattr(model, "unlabelled_bound") and len(data.test_labels):  # a bound on the pixels (not M1+M2's features)
         result.update(bound_figures("test", mean_unlabelled_bound(model, data.test_images, device), model))
     return result
 

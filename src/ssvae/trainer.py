@@ -55,7 +55,9 @@ class TrainerSettings:
     device: torch.device
     bf16: bool
     compile: bool
-    selection_metric: str = "val_accuracy"
+    # The validation figure that picks the kept weights (higher is better); None keeps the last
+    # epoch's (averaged) weights, for runs with no validation set to choose on.
+    selection_metric: str | None = "val_accuracy"
     # Validate and keep an exponential moving average of the weights (Polyak averaging) rather
     # than the last iterate, whose accuracy jitters from step to step with small batches; 0 = off.
     weight_average_decay: float = 0.999
@@ -398,18 +400,18 @@ class Trainer:
         if hasattr(self.batches, "end_epoch"):
             self.batches.end_epoch()
         self._write_metrics()
-        if metrics[s.selection_metric] > self.best_value:
-            self.best_value, self.best_epoch, self.best_metrics = metrics[s.selection_metric], epoch, dict(metrics)
+        value = metrics[s.selection_metric] if s.selection_metric is not None else float(epoch)
+        if value > self.best_value:
+            self.best_value, self.best_epoch, self.best_metrics = value, epoch, dict(metrics)
             save_checkpoint(self.run_dir / "best.pt", {"model": self.evaluated_model.state_dict(), "epoch": epoch,
                                                       "steps": self.steps, "metrics": metrics})
         if s.checkpoint_each_epoch or not self._budget_left():
             self.save_last()
         if s.progress:
-            tqdm.write(
-                f"epoch {epoch:4d}  {record['minutes']:6.2f} min  loss {record.get('loss', math.nan):8.2f}  "
-                f"{s.selection_metric} {metrics[s.selection_metric]:.4f}  "
-                f"(best {self.best_value:.4f} @ {self.best_epoch})  {images_per_second:.0f} img/s"
-            )
+            chosen = (f"{s.selection_metric} {metrics[s.selection_metric]:.4f}  (best {self.best_value:.4f} @ "
+                      f"{self.best_epoch})" if s.selection_metric is not None else "last weights kept")
+            tqdm.write(f"epoch {epoch:4d}  {record['minutes']:6.2f} min  loss {record.get('loss', math.nan):8.2f}  "
+                       f"{chosen}  {images_per_second:.0f} img/s")
 
     def _write_metrics(self) -> None:
         import json

@@ -495,16 +495,8 @@ class FolderData(DataSplits):
     num_classes: int
     image_shape: tuple
     class_names: list
-    likelihood: str  # the suggested p(x|...): "bernoulli" for near-binary images, else "gaussian"
     labels_from_files: bool = True
-
-
-def suggest_likelihood(images: np.ndarray) -> str:
-    """Bernoulli when nine pixels in ten are within 10% of black or white (scans of ink, MNIST),
-    else a Gaussian with learned variance (photographs, whose grey levels are the data)."""
-    sample = images[:: max(1, len(images) // 2000)]
-    near_binary = np.mean((sample <= 25) | (sample >= 230))
-    return "bernoulli" if near_binary >= 0.9 else "gaussian"
+    layout: str = "names"  # the layout the training folder was read in, "auto" resolved
 
 
 def stratified_split(labels: np.ndarray, class_names: list[str], fraction: float,
@@ -558,7 +550,8 @@ def load_folder(folder: Path, options: FolderOptions = FolderOptions(), *, val_f
                              f"{len(unlabelled)} have none, e.g. {unlabelled[0]}")
         held[what] = (other.images, other.labels)
     train_x, train_y = images.images, images.labels
-    needed = 1 + sum(what not in held for what in ("val", "test"))
+    holding_out = fraction > 0
+    needed = 1 + (sum(what not in held for what in ("val", "test")) if holding_out else 0)
     counts = np.bincount(train_y[train_y >= 0], minlength=len(class_names))
     for name, count in zip(class_names, counts):
         if count < needed:
@@ -569,16 +562,41 @@ def load_folder(folder: Path, options: FolderOptions = FolderOptions(), *, val_f
             elif options.layout == "csv":
                 where = f" (in --labels-csv {options.labels_csv})"
             raise SsvaeError(f"{folder}: class {name!r} has {count} labelled image(s){where}; at least {needed} are "
-                             f"needed ({uses}); {remedy}, or give --val and --test folders")
+                             f"needed ({uses}); {remedy}, give --val and --test folders, or train on all of them "
+                             f"with --holdout 0")
+    labelled_files = int((train_y >= 0).sum())
     for what in ("test", "val"):
-        if what not in held:
-            kept, out = stratified_split(train_y, class_names, fraction, seed)
-            held[what] = (train_x[out], train_y[out])
-            rest = np.setdiff1d(np.arange(len(train_y)), out)
-            train_x, train_y = train_x[rest], train_y[rest]
+        if what in held:
+            continue
+        if not holding_out:  # nothing withheld: an empty set, which the run then does without
+            held[what] = (train_x[:0], train_y[:0])
+            continue
+        kept, out = stratified_split(train_y, class_names, fraction, seed)
+        held[what] = (train_x[out], train_y[out])
+        rest = np.setdiff1d(np.arange(len(train_y)), out)
+        train_x, train_y = train_x[rest], train_y[rest]
+    log(describe_label_use(labelled_files, int((train_y >= 0).sum()), len(held["val"][1]), len(held["test"][1]),
+                           val_folder, test_folder, fraction))
     return FolderData(train_x, train_y, *held["val"], *held["test"], num_classes=len(class_names),
-                      image_shape=images.image_shape, class_names=class_names,
-                      likelihood=suggest_likelihood(train_x))
+                      image_shape=images.image_shape, class_names=class_names, layout=options.layout)
+
+
+def describe_label_use(labelled: int, training: int, validation: int, test: int, val_folder, test_folder,
+                       fraction: float) -> str:
+    """One line saying where the user's labelled files went, and why: a user must never find some of
+    their labels quietly withheld."""
+    withheld = [what for what, folder in (("validation", val_folder), ("test", test_folder)) if folder is None]
+    if not withheld:
+        why = "validation and test images come from --val and --test"
+    elif fraction > 0:
+        why = (f"no {' or '.join('--' + w.removesuffix('idation') for w in withheld)} folder was given, so a "
+               f"stratified {fraction:.0%} of each class's labelled files is held out for "
+               f"{' and again for '.join(withheld)}; --holdout 0 trains on all of them")
+    else:
+        why = (f"--holdout 0: none held out, so no {' or '.join(withheld)} accuracy is measured and the run keeps its "
+               f"last (averaged) weights instead of choosing them on validation")
+    return (f"labelled files: {labelled}, of which {training} train the model; validation {validation} images, "
+            f"test {test} images ({why})")
 
 
 def _size_of(images: ImageFolder) -> tuple[int, int]:
