@@ -126,6 +126,21 @@ def test_labels_a_checkpoint_does_not_know_are_bad(tmp_path):
     assert "12_b.png" in str(error.value) and "not one of the classes" in str(error.value)
 
 
+def test_classes_named_by_words_also_take_their_number_in_a_file_name(tmp_path):
+    """Fashion-MNIST's classes ("T-shirt/top", ...) cannot be written in a file name: 0_a.png means the
+    first class, as the data set numbers them; a number past the last class is still refused."""
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    for name in ("0_a", "Trouser_b", "7_c"):
+        Image.new("L", (8, 8)).save(tmp_path / f"{name}.png")
+    with pytest.raises(SsvaeError) as error:
+        read_folder(tmp_path, class_names=names, log=lambda *a: None)
+    assert "7_c.png" in str(error.value) and "0_a.png" not in str(error.value)
+    (tmp_path / "7_c.png").unlink()
+    images = read_folder(tmp_path, FolderOptions(label_pattern=r"(?P<label>[^_]+)_.+"), class_names=names,
+                         log=lambda *a: None)
+    assert images.labels.tolist() == [0, 1]
+
+
 def test_split_is_stratified_and_too_few_labels_say_how_to_fix_it(digits_folder, tmp_path):
     root, _ = digits_folder
     data = load_folder(root, cache_dir=tmp_path, fraction=0.2, log=lambda *a: None)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import Interrupted, SsvaeError
-from .intervals import describe_accuracy
+from .intervals import SMALL_TEST_SET, describe_accuracy, wilson_interval
 from .models.likelihoods import NAMES as LIKELIHOOD_NAMES
 
 
@@ -405,7 +405,10 @@ def _predict(args) -> int:
     accuracy = predictions.accuracy()
     if accuracy is not None:
         labelled = sum(t is not None for t in predictions.true_labels)
-        print(f"accuracy on the {labelled} images whose {predictions.labelled_by}: {accuracy:.4f}")
+        low, high = wilson_interval(round(accuracy * labelled), labelled)
+        small = "; a small set" if labelled < SMALL_TEST_SET else ""
+        print(f"accuracy on the {labelled} images whose {predictions.labelled_by}: {accuracy:.4f} "
+              f"(95% interval {low:.3f}-{high:.3f}{small})")
     if args.out is not None:
         predictions.to_csv(args.out)
         print(f"wrote {args.out}")

@@ -417,6 +417,7 @@ def read_images(paths: list[Path], options: FolderOptions = FolderOptions(), cla
     names = file_name_labels(paths, options.label_pattern) if labels is None else list(labels)
     known = set(class_names) if class_names is not None else None
     if known is not None:
+        names = [name_of_class_number(n, class_names) for n in names]
         bad += [BadFile(p, f"label {n!r} is not one of the classes the model knows: {', '.join(class_names)}")
                 for p, n, r in zip(paths, names, results) if n is not None and n not in known
                 and not isinstance(r, str)]
@@ -439,6 +440,14 @@ def read_images(paths: list[Path], options: FolderOptions = FolderOptions(), cla
     shape = arrays[0].shape if options.channels == 3 else arrays[0].shape[:2]
     images = np.stack([a.reshape(-1) for a in arrays])
     return ImageFolder(images, indices, [paths[i] for i in keep], list(class_names), tuple(shape), bad)
+
+
+def name_of_class_number(label: str | None, class_names: list[str]) -> str | None:
+    """A label as the model knows it: a class name, or where the classes are named by words (Fashion-MNIST's
+    "T-shirt/top", which no file name can hold) a class's number, 0 for the first, as its data set numbers it."""
+    if label is None or label in class_names or not label.isdigit() or all(n.isdigit() for n in class_names):
+        return label
+    return class_names[int(label)] if int(label) < len(class_names) else label
 
 
 def _read_or_reason(path: Path, channels: int, size) -> np.ndarray | str:
