@@ -98,3 +98,25 @@ def test_data_fetch_from_a_folder_without_mnist_says_what_to_supply(tmp_path, ca
     # names the folder and the files it still needs
     assert "mine" in err and "train-labels-idx1-ubyte.gz" in err and "\n" not in err.strip()
     assert not (tmp_path / "cache" / "mnist.npz").exists()
+
+
+@pytest.mark.parametrize("model", ["m1", "m2", "m1m2", "adgm", "sdgm"])
+def test_the_defaults_are_the_same_for_a_built_in_data_set_and_a_folder_of_the_same_images(model):
+    """One command, no switch per data set: what a model is built with depends on the images' shape
+    and classes, not on whether they came built in or as a user's folder."""
+    from dataclasses import asdict
+
+    from ssvae.config import TrainConfig
+    from ssvae.data.folder import FolderData
+    from ssvae.data.mnist import MnistData
+    from ssvae.experiment import initial_model_config
+
+    images, labels = np.zeros((4, 784), np.uint8), np.zeros(4, np.int64)
+    built_in = MnistData(images, labels, images, labels, images, labels, name="fashion-mnist")
+    folder = FolderData(images, labels, images, labels, images, labels, num_classes=10, image_shape=(28, 28),
+                        class_names=[str(k) for k in range(10)])
+    configs = [initial_model_config(TrainConfig(model=model, data=spec), data)
+               for spec, data in (("fashion-mnist", built_in), ("photos/", folder))]
+    assert asdict(configs[0]) == asdict(configs[1])
+    likelihood = (configs[0].m1 if model == "m1m2" else configs[0]).likelihood
+    assert likelihood == "bernoulli"  # what --likelihood auto measured best (docs/fashion-mnist.md)
