@@ -1,8 +1,13 @@
 """Fixtures shared by the whole test suite."""
 
 import pytest
+from hypothesis import settings
 
 from ssvae.data.mnist import load_mnist
+
+# Property tests draw the same examples on every run, so that a failure is a fact, not a roll of the dice.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.load_profile("repeatable")
 
 
 @pytest.fixture(scope="session")
