@@ -219,7 +219,7 @@ def initial_model_config(config: TrainConfig, data):
         default = (M1Config if config.model == "m1" else AuxiliaryConfig)().hidden_dims
         width, layers = options.pop("hidden_dim", default[0]), options.pop("hidden_layers", len(default))
         options["hidden_dims"] = (width,) * layers
-    likelihood = resolve_likelihood(config.likelihood, data)
+    likelihood = resolve_likelihood(config.likelihood)
     try:
         if config.model == "m1":
             model_config = M1Config(**{**facts, "likelihood": likelihood, **options})
@@ -243,7 +243,7 @@ def initial_model_config(config: TrainConfig, data):
     return model_config
 
 
-def resolve_likelihood(requested: str, data) -> str:
+def resolve_likelihood(requested: str) -> str:
     """The likelihood p(x|...) of the images: the one asked for, or for ``auto`` the Bernoulli. On
     Fashion-MNIST it classified as well as the discretised logistic in M2 and better in SDGM, at half
     the cost per step, while the logistic's far larger bound swamped the label term and the continuous
