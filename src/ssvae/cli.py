@@ -107,14 +107,15 @@ def _add_how_to_train(p) -> None:
                    help="adgm, sdgm: hidden layers of the classifier q(y|a,x) alone, e.g. 500 500 for the paper's "
                    "depth (model default: as every other network's)")
     p.add_argument("--class-balance", type=float, default=None, metavar="W",
-                   help="adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled images "
-                   "toward the uniform p(y) (model default: 50; 0, none, as in the paper)")
+                   help="m2, m1m2, adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled "
+                   "images toward the uniform p(y) (model default: 50 for adgm and sdgm, 0 for m2 and m1m2; 0, none, "
+                   "as in the papers)")
     p.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
-                   help="adgm, sdgm: keep the class-balance weight all run, or lower it to 0 by the end of the "
+                   help="m2, m1m2, adgm, sdgm: keep the class-balance weight all run, or lower it to 0 by the end of the "
                    "budget along the learning rate's cosine (model default: cosine)")
     p.add_argument("--adversarial", type=float, default=None, metavar="W", dest="adversarial_weight",
-                   help="adgm, sdgm: weight of the virtual adversarial smoothness term on the classifier q(y|a,x) "
-                   "(model default: 1; 0, none, as in the paper)")
+                   help="m2, m1m2, adgm, sdgm: weight of the virtual adversarial smoothness term on the classifier "
+                   "(model default: 1 for adgm and sdgm, 0 for m2 and m1m2; 0, none, as in the papers)")
     p.add_argument("--adversarial-final", type=float, default=None, metavar="W", dest="adversarial_final_weight",
                    help="adgm, sdgm: the adversarial term's weight at the end of the budget, reached from --adversarial "
                    "along the learning rate's cosine turned upside down (model default: none, the weight held)")
@@ -133,7 +134,7 @@ def _add_how_to_train(p) -> None:
                    help="adgm, sdgm: draws of a and z over which each log p(x,y) of that posterior is "
                    "importance-weighted (model default: 8)")
     p.add_argument("--adversarial-radius", type=float, default=None, metavar="R",
-                   help="adgm, sdgm: length of the adversarial perturbation of an image, whose pixels lie in [0, 1] "
+                   help="m2, m1m2, adgm, sdgm: length of the adversarial perturbation of an image, whose pixels lie in [0, 1] "
                    "(model default: 2)")
     p.add_argument("--binarize", action="store_true",
                    help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
@@ -201,6 +202,10 @@ def _image_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+# The classifier terms (models/classifier_terms.py) that M2, and so M1+M2, takes as well.
+M2_CLASSIFIER_TERMS = ("class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius")
+
+
 def _config_from_args(args, model: str, labels: int, seed: int):
     """The TrainConfig that the how-to-train options describe, for one model, label count and seed."""
     from .config import TrainConfig
@@ -217,11 +222,12 @@ def _config_from_args(args, model: str, labels: int, seed: int):
                  "adversarial_radius", "adversarial_final_weight", "adversarial_final_radius", "top_classes",
                  "aux_kl_scale", "classifier_hidden_dims", "generative_weight", "generative_samples"):
         if getattr(args, name) is not None:
-            if model not in ("adgm", "sdgm"):
+            if model not in ("adgm", "sdgm") and not (name in M2_CLASSIFIER_TERMS and model in ("m2", "m1m2")):
                 flag = {"adversarial_weight": "adversarial",
                         "adversarial_final_weight": "adversarial-final",
                         "classifier_hidden_dims": "classifier-hidden"}.get(name, name.replace("_", "-"))
-                raise SsvaeError(f"--{flag} is an option of adgm and sdgm, not of {model}")
+                families = "m2, m1m2, adgm and sdgm" if name in M2_CLASSIFIER_TERMS else "adgm and sdgm"
+                raise SsvaeError(f"--{flag} is an option of {families}, not of {model}")
             options[name] = getattr(args, name)
     if args.kl_warmup is not None:  # M1+M2 passes it to its first stage, M1
         if model == "m2":

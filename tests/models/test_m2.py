@@ -135,3 +135,80 @@ def test_gaussian_likelihood_for_real_valued_features_matches_the_reference(monk
     for j in range(2):
         torch.testing.assert_close(labelled[j], reference_bound(model, labelled_x[j], int(labelled_y[j]), eps[9 + j]),
                                    rtol=1e-6, atol=1e-6)
+
+
+def a_batch(model: M2, x: torch.Tensor, y: torch.Tensor, share: float = 0.25) -> Batch:
+    generator = torch.Generator().manual_seed(3)
+    n_l = len(y)
+    return Batch(labelled_x=x[:n_l], labelled_y=y, unlabelled_x=x[n_l:], labelled_share=share,
+                 labelled_noise=torch.randn(n_l, model.noise_width, generator=generator, dtype=x.dtype),
+                 unlabelled_noise=torch.randn(len(x) - n_l, model.noise_width, generator=generator, dtype=x.dtype))
+
+
+def test_class_balance_adds_the_pull_of_the_running_class_frequencies_toward_uniform(model_and_data):
+    model, x = model_and_data
+    balanced = M2(M2Config(**{**vars(model.config), "class_balance": 5.0, "class_balance_schedule": "constant"})).double()
+    balanced.load_state_dict(model.state_dict())
+    y = torch.tensor([0, 1])
+    frequencies = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    balanced.class_frequencies.copy_(frequencies)
+    batch = a_batch(balanced, x, y)
+    terms, paper = balanced.loss(batch), model.loss(batch)
+    # Written out: the running frequencies move 1% of the way to the batch's mean q(y|x) over its
+    # unlabelled images, and the term is sum_y qbar(y) log(K m(y)).
+    qbar = F.softmax(model.classify(x[2:]), dim=-1).mean(0)
+    moved = frequencies + 0.01 * (qbar - frequencies)
+    torch.testing.assert_close(balanced.class_frequencies, moved)
+    torch.testing.assert_close(terms.loss, paper.loss + 5.0 * (qbar * torch.log(4 * moved)).sum())
+    # Its gradient lowers q of the classes given more often than uniform: here class 0.
+    logits = model.classify(x[2:]).detach().requires_grad_()
+    (F.softmax(logits, -1).mean(0) * torch.log(4 * moved)).sum().backward()
+    assert (logits.grad[:, 0] > 0).all() and (logits.grad[:, 3] < 0).all()
+
+
+def test_class_balance_weight_follows_the_learning_rates_cosine_down_to_nothing():
+    model = M2(M2Config(input_dim=8, class_balance=50.0))
+    for progress, expected in [(0.0, 50.0), (0.5, 25.0), (1.0, 0.0)]:
+        model.at_step(10, progress)
+        assert model.class_balance_weight.item() == pytest.approx(expected, abs=1e-5)
+    held = M2(M2Config(input_dim=8, class_balance=50.0, class_balance_schedule="constant"))
+    held.at_step(10, 0.9)
+    assert held.class_balance_weight.item() == 50.0
+
+
+def test_adversarial_term_moves_each_image_along_the_classifiers_most_sensitive_direction(model_and_data):
+    model, x = model_and_data
+    radius = 0.5
+    vat = M2(M2Config(**{**vars(model.config), "adversarial_weight": 2.0, "adversarial_radius": radius})).double()
+    vat.load_state_dict(model.state_dict())
+    y = torch.tensor([0, 1])
+    batch = a_batch(vat, x, y)
+    z_width = model.noise_width
+    assert vat.noise_width == z_width + x.shape[1]  # the probe comes after the z's
+    paper = model.loss(Batch(labelled_x=batch.labelled_x, labelled_y=y, unlabelled_x=batch.unlabelled_x,
+                             labelled_share=0.25, labelled_noise=batch.labelled_noise[:, :z_width],
+                             unlabelled_noise=batch.unlabelled_noise[:, :z_width]))
+    terms = vat.loss(batch)
+    # Written out: near x, KL(q(y|x) || q(y|x+r)) is r' H r / 2 with H = J' (diag p - p p') J (J the
+    # Jacobian of the logits), so one power iteration from the probe d points along H d.
+    images = torch.cat([batch.unlabelled_x, batch.labelled_x])
+    probes = torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, z_width:]
+    expected = []
+    for image, probe in zip(images, probes):
+        jacobian = torch.autograd.functional.jacobian(model.classify, image.unsqueeze(0)).squeeze(0).squeeze(1)
+        p = F.softmax(model.classify(image.unsqueeze(0)), -1).squeeze(0).detach()
+        hessian = jacobian.T @ (torch.diag(p) - torch.outer(p, p)) @ jacobian
+        r = radius * F.normalize(hessian @ probe, dim=0)
+        shifted = F.log_softmax(model.classify((image + r).unsqueeze(0)), -1).squeeze(0)
+        expected.append((p * (p.log() - shifted)).sum())
+    term = torch.stack(expected).mean().detach()
+    assert term > 0
+    torch.testing.assert_close(terms.loss.detach(), paper.loss.detach() + 2.0 * term, rtol=1e-3, atol=1e-4)
+
+
+def test_weights_saved_before_the_classifier_terms_still_load(model_and_data):
+    model, _ = model_and_data
+    state = {k: v for k, v in model.state_dict().items() if k != "class_frequencies"}
+    fresh = M2(model.config).double()
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.class_frequencies, torch.full((4,), 0.25, dtype=torch.float64))

@@ -96,6 +96,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .classifier_terms import class_balance_term, cosine_left, virtual_adversarial_term
 from .densities import gaussian_log_density, kl_to_standard_normal
 from .likelihoods import NAMES as LIKELIHOOD_NAMES
 from .likelihoods import likelihood as observation_model
@@ -128,9 +129,6 @@ CLASS_BALANCE_SCHEDULE = "cosine"
 # 0 and 2) test accuracy 0.975 and 0.977, against 0.965 and 0.965 without it.
 ADVERSARIAL_WEIGHT = 1.0
 ADVERSARIAL_RADIUS = 2.0
-# Per step, how far the running class frequencies m move toward the batch's: about 100 steps'
-# memory, 5,000 unlabelled images at the default batch, so that m is not one batch's noise.
-CLASS_FREQUENCY_RATE = 0.01
 # Share of the budget over which the unlabelled bound sums over every class even with
 # ``top_classes``: while the classes form, q(y|a,x) spreads over many of them. SDGM, one thread,
 # seed 1: its mean entropy is 0.69 nats after the first epoch of 63, 0.15 after the third, 0.09
@@ -148,24 +146,7 @@ GENERATIVE_WEIGHT = 0.1
 GENERATIVE_SAMPLES = 8
 GENERATIVE_CLASSES = 2
 
-# Length of the random probe from which the adversarial direction is found: small beside an image
-# (an MNIST digit's length is about 9), large enough that the change it makes in q(y|a,x) stands
-# well above float32 rounding.
-ADVERSARIAL_PROBE = 0.1
-
 ACTIVATIONS = {"softplus": Softplus, "relu": nn.ReLU}
-
-
-def whole_batch_mean(share_mean: Tensor) -> Tensor:
-    """Under distributed training, where each process holds an equal share of the batch, the mean
-    over the whole batch of what each process averaged over its own share; else ``share_mean``.
-    What the model keeps from step to step (the running class frequencies) must follow the whole
-    batch, or every process would keep its own and the run would differ from one process's."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return share_mean
-    together = share_mean.clone()
-    torch.distributed.all_reduce(together)
-    return together / torch.distributed.get_world_size()
 
 
 def fuse(log_q: Tensor, classes: Tensor, log_p: Tensor, weight: float) -> Tensor:
@@ -407,12 +388,12 @@ class AuxiliaryDGM(nn.Module):
         warmed = warmup_weight(step, c.kl_warmup_steps)
         self.kl_weight.fill_(c.kl_scale * warmed)
         self.aux_kl_weight.fill_((c.kl_scale if c.aux_kl_scale is None else c.aux_kl_scale) * warmed)
-        cosine_left = 0.5 * (1.0 + math.cos(math.pi * progress))  # the learning rate's curve, 1 down to 0
+        left = cosine_left(progress)
         held = c.class_balance_schedule == "constant"
-        self.class_balance_weight.fill_(c.class_balance * (1.0 if held else cosine_left))
+        self.class_balance_weight.fill_(c.class_balance * (1.0 if held else left))
 
         def toward(start: float, final: float) -> float:  # along the cosine turned upside down
-            return start + (final - start) * (1.0 - cosine_left)
+            return start + (final - start) * (1.0 - left)
 
         if c.adversarial_final_weight is not None:
             self.adversarial_weight_now.fill_(toward(c.adversarial_weight, c.adversarial_final_weight))
@@ -657,31 +638,11 @@ class AuxiliaryDGM(nn.Module):
                        classification=classification.detach(), classifier_entropy=entropy.mean().detach())
 
     def _class_balance_term(self, q: Tensor) -> Tensor:
-        """sum_y qbar(y) log(K m(y)): qbar, the batch's mean of q(y|a,x) over its unlabelled images;
-        m, a running mean of qbar over about a hundred steps, held fixed. Its gradient in qbar is
-        that of KL(m || p(y)) in m, as m follows qbar (up to a constant, which sums to nothing over
-        y): classes given more often than 1/K are pulled down, the rarer ones up. It is linear in
-        qbar, so processes that each average their own share of a batch get, averaged, the whole
-        batch's gradient."""
-        batch_frequencies = q.mean(0)
-        with torch.no_grad():
-            self.class_frequencies.lerp_(whole_batch_mean(batch_frequencies.detach()), CLASS_FREQUENCY_RATE)
-        return (batch_frequencies * (self.class_frequencies * self.config.num_classes).log()).sum()
+        """The class-balance term (models/classifier_terms.py) of q(y|a,x) on the unlabelled images."""
+        return class_balance_term(q, self.class_frequencies)
 
     def _adversarial_term(self, x: Tensor, a: Tensor, clean_logits: Tensor, probe_noise: Tensor) -> Tensor:
-        """Mean over the images of KL(q(y|a,x) || q(y|a,x+r)), r the virtual adversarial
-        perturbation of length ``adversarial_radius`` (at this point of its schedule): the gradient
-        of that KL at a short random probe (from ``probe_noise``, standard normal, one row per image)
-        rescaled, one power iteration toward the direction in which the classifier changes most."""
-        target = F.softmax(clean_logits, dim=-1)
-        log_target = F.log_softmax(clean_logits, dim=-1)
-
-        def divergence(r: Tensor) -> Tensor:
-            log_q = F.log_softmax(at_least_float32(self.class_logits(x + r, a)), dim=-1)
-            return (target * (log_target - log_q)).sum(-1)
-
-        with torch.enable_grad():
-            probe = (ADVERSARIAL_PROBE * F.normalize(probe_noise.to(x.dtype), dim=-1)).requires_grad_()
-            (direction,) = torch.autograd.grad(divergence(probe).sum(), probe)
-        r = self.adversarial_radius_now * F.normalize(direction.detach(), dim=-1)
-        return divergence(r).mean()
+        """The virtual adversarial term (models/classifier_terms.py) of q(y|a,x), with x perturbed and
+        a held, at the radius of this point of its schedule."""
+        return virtual_adversarial_term(lambda shifted: self.class_logits(shifted, a), x, clean_logits,
+                                        probe_noise, self.adversarial_radius_now)

@@ -94,6 +94,10 @@ class M1M2(nn.Module):
         self.m1.eval()  # fixed, whatever the stage
         return self
 
+    def at_step(self, step: int, progress: float = 0.0) -> None:
+        """The trainer's call before each step, passed on to M2 (its classifier terms' schedule)."""
+        self.m2.at_step(step, progress)
+
     @property
     def noise_width(self) -> int:
         """Noise per image and step: M1's z1 first, then M2's z2 for every class."""

@@ -28,6 +28,12 @@ alpha = 0.1 here.
 Without the alpha term the classifier only learns from labels through the generative model, which
 is far too weak a signal (accuracy near 20% with 100 labels).
 
+Two terms on the classifier alone can be added to J (models/classifier_terms.py; both off in the
+paper's objective): ``class_balance`` * the pull of q(y|x)'s class frequencies on the unlabelled
+images toward p(y), its weight following the learning rate's cosine down to 0
+(``class_balance_schedule``), and ``adversarial_weight`` * a virtual adversarial smoothness term of
+q(y|x) with perturbations of length ``adversarial_radius``.
+
 The unlabelled bound is the hot path. All K classes are evaluated in one batched pass: the
 encoder's first layer is split into an x-part, computed once per image and shared by every class,
 and a y-part, which is just one row of weights per class. The labelled images ride along in the
@@ -40,11 +46,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .classifier_terms import class_balance_term, cosine_left, virtual_adversarial_term
 from .densities import kl_to_standard_normal
 from .likelihoods import NAMES as LIKELIHOOD_NAMES
 from .likelihoods import likelihood as observation_model
@@ -77,6 +85,19 @@ class M2Config:
     # [0, 1]; "gaussian" (mean and floored variance from the decoder) for real-valued features, such
     # as M1's latent z1 in M1+M2.
     likelihood: str = "bernoulli"
+    # Weight of the pull of q(y|x)'s class frequencies on the unlabelled images toward p(y) (see
+    # models/classifier_terms.py); 0 leaves the paper's objective. Its weight over the run:
+    # "constant", or "cosine", down to 0 at the end of the budget along the learning rate's curve.
+    class_balance: float = 0.0
+    class_balance_schedule: str = "cosine"
+    # Weight of the virtual adversarial smoothness term on q(y|x), and the length of its
+    # perturbation in the input's units (pixels in [0, 1]); weight 0 leaves it out.
+    adversarial_weight: float = 0.0
+    adversarial_radius: float = 2.0
+
+    # What a run recorded before the classifier terms were options was trained with (read when such
+    # a run is resumed).
+    DEFAULTS_BEFORE_THEY_WERE_OPTIONS: ClassVar[dict] = {"class_balance": 0.0, "adversarial_weight": 0.0}
 
     def __post_init__(self):
         if self.alpha is None:
@@ -92,6 +113,14 @@ class M2Config:
             raise SsvaeError(f"M2: alpha must be a non-negative number, got {self.alpha}")
         if self.num_classes < 2:
             raise SsvaeError(f"M2: needs at least 2 classes, got {self.num_classes}")
+        if not self.class_balance >= 0:
+            raise SsvaeError(f"M2: class_balance must be 0 or more, got {self.class_balance}")
+        if self.class_balance_schedule not in ("constant", "cosine"):
+            raise SsvaeError(f"M2: class_balance_schedule must be constant or cosine, got {self.class_balance_schedule}")
+        if not self.adversarial_weight >= 0:
+            raise SsvaeError(f"M2: adversarial_weight must be 0 or more, got {self.adversarial_weight}")
+        if not self.adversarial_radius > 0:
+            raise SsvaeError(f"M2: adversarial_radius must be a positive number, got {self.adversarial_radius}")
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise SsvaeError(f"M2: likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood}")
 
@@ -157,13 +186,33 @@ class M2(nn.Module):
         bound = 1.0 / math.sqrt(k)
         nn.init.uniform_(self.encoder_y, -bound, bound)
         nn.init.uniform_(self.decoder_y, -bound, bound)
+        # The class balance's weight at this point of its schedule, set by ``at_step``; a buffer, so
+        # that a compiled loss reads its current value, and not saved with the weights.
+        self.register_buffer("class_balance_weight", torch.full((), config.class_balance), persistent=False)
+        # The class balance's running class frequencies, saved with the weights so that a resumed
+        # run goes on exactly.
+        self.register_buffer("class_frequencies", torch.full((k,), 1.0 / k))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the class-balance term have no running class frequencies: uniform.
+        uniform = torch.full_like(self.class_frequencies, 1.0 / self.config.num_classes)
+        state_dict.setdefault(prefix + "class_frequencies", uniform)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def at_step(self, step: int, progress: float = 0.0) -> None:
+        """Called by the trainer before each optimiser step with the share of the budget used so far:
+        sets the class balance's scheduled weight."""
+        held = self.config.class_balance_schedule == "constant"
+        self.class_balance_weight.fill_(self.config.class_balance * (1.0 if held else cosine_left(progress)))
 
     @property
     def noise_width(self) -> int:
-        """Standard normal numbers one image needs per training step: one z per class. The batch
+        """Standard normal numbers one image needs per training step: one z per class, then (with the
+        adversarial term) the random probe from which the adversarial direction is found. The batch
         sampler draws them (see :class:`~ssvae.data.batches.Batch`), so that an image's noise does
         not depend on how a batch is split between processes."""
-        return self.config.num_classes * self.config.latent_dim
+        probe = self.config.input_dim if self.config.adversarial_weight > 0 else 0
+        return self.config.num_classes * self.config.latent_dim + probe
 
     # -- the pieces of the generative story ------------------------------------------------------
 
@@ -233,7 +282,7 @@ class M2(nn.Module):
             noise = torch.randn_like(mu)
         else:
             z_dim = self.config.latent_dim
-            noise = torch.cat([unlabelled_noise.reshape(n_u * k, z_dim), labelled_noise[:, :z_dim]])
+            noise = torch.cat([unlabelled_noise[:, :k * z_dim].reshape(n_u * k, z_dim), labelled_noise[:, :z_dim]])
         z = mu + torch.exp(0.5 * logvar) * noise
         # First decoder layer: W_z z + V_y[y], the y-part again one row per class.
         first = self.decoder_z(z)
@@ -295,7 +344,19 @@ class M2(nn.Module):
         unlabelled, entropy = self._sum_out_classes(per_class, class_logits[:n_u])
         classification = F.cross_entropy(class_logits[n_u:], batch.labelled_y)
         share = batch.labelled_share
-        loss = share * labelled.mean() + (1 - share) * unlabelled.mean() + self.config.alpha * classification
+        c = self.config
+        loss = share * labelled.mean() + (1 - share) * unlabelled.mean() + c.alpha * classification
+        if c.class_balance > 0 and self.training:
+            loss = loss + self.class_balance_weight * class_balance_term(
+                F.softmax(class_logits[:n_u], dim=-1), self.class_frequencies)
+        if c.adversarial_weight > 0 and self.training:
+            x = torch.cat([batch.unlabelled_x, batch.labelled_x])
+            if batch.unlabelled_noise is None:
+                probe = torch.randn_like(x)
+            else:
+                probe = torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, c.num_classes * c.latent_dim:]
+            loss = loss + c.adversarial_weight * virtual_adversarial_term(
+                self.classify, x, class_logits, probe, c.adversarial_radius)
         return M2Terms(
             loss=loss,
             labelled_bound=labelled.mean().detach(),
