@@ -384,8 +384,17 @@ def test_classify_averages_q_over_draws_of_a_and_repeats_itself():
     x = torch.rand(5, D, dtype=torch.float64)
     with torch.no_grad():
         first, second = model.classify(x), model.classify(x)
+        # Written out: q(y|a,x) averaged over the eval_samples draws a = mean + sigma * eps, one by one.
+        mean, logvar = model.aux_posterior(x)
+        draws = torch.randn((model.config.eval_samples, *mean.shape), generator=torch.Generator().manual_seed(0),
+                            dtype=mean.dtype)
+        averaged = torch.stack([F.softmax(model.class_logits(x, mean + torch.exp(0.5 * logvar) * eps), -1)
+                                for eps in draws]).mean(0)
+        one_draw = F.softmax(model.class_logits(x, mean + torch.exp(0.5 * logvar) * draws[0]), -1)
+    assert model.config.eval_samples > 1
+    torch.testing.assert_close(first.exp(), averaged)
+    assert not torch.allclose(first.exp(), one_draw)  # the draws are not all alike
     torch.testing.assert_close(first, second)  # fixed draws: validation does not jitter
-    torch.testing.assert_close(first.exp().sum(-1), torch.ones(5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])

@@ -39,12 +39,29 @@ def test_classification_uses_the_q_mean_of_z1_and_is_deterministic(stacked):
     torch.testing.assert_close(stacked.classify(x), logits)  # no sampling at test time
 
 
-def test_training_draws_z1_afresh_and_only_m2_learns(stacked):
-    x = torch.rand(6, 16)
-    batch = Batch(labelled_x=x[:2], labelled_y=torch.tensor([1, 3]), unlabelled_x=x[2:], labelled_share=0.1)
-    first, second = stacked.loss(batch), stacked.loss(batch)
-    assert not torch.equal(first.loss, second.loss)  # z1 (and z2) resampled every step
-    first.loss.backward()
+def test_training_draws_z1_from_q_with_each_steps_noise_and_only_m2_learns(stacked):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 16, generator=generator)
+    y = torch.tensor([1, 3])
+    noise = torch.randn(6, stacked.noise_width, generator=generator)
+    split = stacked.m1.noise_width  # z1's noise first, then M2's
+
+    def batch(noise):
+        return Batch(labelled_x=x[:2], labelled_y=y, unlabelled_x=x[2:], labelled_share=0.1,
+                     labelled_noise=noise[:2], unlabelled_noise=noise[2:])
+
+    terms = stacked.loss(batch(noise))
+    # Written out: M2's objective on z1 = mu + sigma * eps drawn from q(z1|x), its active dimensions.
+    mu, logvar = stacked.m1.encode(x)
+    z1 = (mu + torch.exp(0.5 * logvar) * noise[:, :split])[:, [0, 2, 5]].detach()
+    expected = stacked.m2.loss(Batch(labelled_x=z1[:2], labelled_y=y, unlabelled_x=z1[2:], labelled_share=0.1,
+                                     labelled_noise=noise[:2, split:], unlabelled_noise=noise[2:, split:]))
+    torch.testing.assert_close(terms.loss, expected.loss)
+    # Another draw of z1 alone, M2's draws held, is another loss: z1 is not fixed at its mean.
+    other = noise.clone()
+    other[:, :split] = torch.randn(6, split, generator=generator)
+    assert not torch.allclose(stacked.loss(batch(other)).loss, terms.loss)
+    terms.loss.backward()
     assert all(p.grad is None for p in stacked.m1.parameters())
     assert all(p.grad is not None for p in stacked.m2.parameters())
     stacked.train()

@@ -98,12 +98,15 @@ def test_one_pass_over_labelled_and_unlabelled_images_gives_each_its_own_bound(m
 
 def test_loss_is_the_papers_objective_per_image(model_and_data):
     model, x = model_and_data
-    y = torch.tensor([0, 1, 2, 3, 1, 2])
-    batch = Batch(labelled_x=x, labelled_y=y, unlabelled_x=x, labelled_share=0.25)
+    # Labelled and unlabelled images differ, and in number, so that mixing the two up shows.
+    y = torch.tensor([0, 1])
+    batch = Batch(labelled_x=x[:2], labelled_y=y, unlabelled_x=x[2:], labelled_share=0.25)
     torch.manual_seed(1)
     terms = model.loss(batch)
-    expected_ce = F.cross_entropy(model.classify(x), y)
+    expected_ce = F.cross_entropy(model.classify(x[:2]), y)
     torch.testing.assert_close(terms.classification, expected_ce)
+    log_q = F.log_softmax(model.classify(x[2:]), -1)
+    torch.testing.assert_close(terms.classifier_entropy, -(log_q.exp() * log_q).sum(-1).mean())
     # The paper's J / N: each bound weighted by its share of the data, plus alpha times the cross-entropy.
     torch.testing.assert_close(
         terms.loss, 0.25 * terms.labelled_bound + 0.75 * terms.unlabelled_bound + model.config.alpha * expected_ce)
