@@ -68,19 +68,19 @@ def main() -> None:
     parser.add_argument("--aux-kl-scale", type=float, default=None,
                         help="ADGM, SDGM: the weight of a's KL term alone (default: the same as --kl-scale)")
     parser.add_argument("--class-balance", type=float, default=None,
-                        help="ADGM, SDGM: weight of the class-balance term (default: the model's own; 0: none)")
+                        help="M2, M1+M2, ADGM, SDGM: weight of the class-balance term (default: the model's own; 0: none)")
     parser.add_argument("--adversarial", type=float, default=None, dest="adversarial_weight",
-                        help="ADGM, SDGM: weight of the virtual adversarial term (default: the model's own; 0: none)")
+                        help="M2, M1+M2, ADGM, SDGM: weight of the virtual adversarial term (default: the model's own; 0: none)")
     parser.add_argument("--adversarial-final", type=float, default=None, dest="adversarial_final_weight",
                         help="ADGM, SDGM: the adversarial term's weight at the end of the budget (default: constant)")
     parser.add_argument("--adversarial-radius", type=float, default=None,
-                        help="ADGM, SDGM: length of the adversarial perturbation (default: the model's own)")
+                        help="M2, M1+M2, ADGM, SDGM: length of the adversarial perturbation (default: the model's own)")
     parser.add_argument("--adversarial-final-radius", type=float, default=None, dest="adversarial_final_radius",
                         help="ADGM, SDGM: the adversarial perturbation's length at the end of the budget (default: constant)")
     parser.add_argument("--top-classes", type=int, default=None,
                         help="ADGM, SDGM: classes the unlabelled bound sums over once they have formed (default: all)")
     parser.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
-                        help="ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
+                        help="M2, M1+M2, ADGM, SDGM: how the class-balance weight changes over the run (default: the model's own)")
     parser.add_argument("--classifier-hidden", type=int, nargs="+", default=None, dest="classifier_hidden_dims",
                         metavar="UNITS", help="ADGM, SDGM: hidden layers of the classifier alone (default: as every network's)")
     parser.add_argument("--generative-weight", type=float, default=None,
