@@ -83,3 +83,23 @@ def test_batches_that_do_not_split_over_the_processes_are_refused():
     with pytest.raises(SsvaeError, match="--labelled-batch 1 does not split evenly over 2 processes"):
         SemiSupervisedBatches(torch.zeros(10, 4, dtype=torch.uint8), [0, 1] + [-1] * 8, 1, 4, False,
                               torch.device("cpu"), 0, shard=(0, 2))
+
+
+def test_each_process_keeps_its_own_half_of_every_global_batch():
+    """Two shards of the same stream are disjoint halves of the one-process batch, noise included:
+    the processes split the work rather than each doing all of it."""
+    from ssvae.data.batches import SemiSupervisedBatches
+
+    images = torch.arange(40 * 4, dtype=torch.uint8).reshape(40, 4)
+    labels = [0, 1, 2, 3] * 2 + [-1] * 32
+
+    def stream(shard):
+        return list(SemiSupervisedBatches(images, labels, 4, 8, False, torch.device("cpu"), 3, noise_width=5,
+                                          shard=shard))
+
+    whole, first, second = stream((0, 1)), stream((0, 2)), stream((1, 2))
+    assert len(whole) == len(first) == len(second) == 4
+    for batch, a, b in zip(whole, first, second):
+        assert len(a.unlabelled_x) == len(b.unlabelled_x) == 4 and len(a.labelled_x) == len(b.labelled_x) == 2
+        for name in ("labelled_x", "labelled_y", "unlabelled_x", "labelled_noise", "unlabelled_noise"):
+            torch.testing.assert_close(torch.cat([getattr(a, name), getattr(b, name)]), getattr(batch, name))

@@ -1,13 +1,13 @@
 """Nothing lost: a run killed at any moment and resumed ends exactly where an unbroken run ends."""
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,9 +39,21 @@ def assert_same_tensors(a, b, where=""):
         for key in a:
             assert_same_tensors(a[key], b[key], f"{where}/{key}")
     elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
+        assert type(a) is type(b) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same_tensors(x, y, f"{where}/{i}")
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    else:  # Python's random state, the batch position, the optimiser's learning rate...
+        assert type(a) is type(b) and a == b, where
+
+
+def test_the_comparison_sees_what_is_not_a_tensor():
+    with pytest.raises(AssertionError):
+        assert_same_tensors({"lr": 1e-3, "state": (3, [1, 2])}, {"lr": 1e-3, "state": (3, [1, 3])})
+    with pytest.raises(AssertionError):
+        assert_same_tensors({"lr": 1e-3}, {"lr": 2e-3})
+    assert_same_tensors({"lr": 1e-3, "w": torch.ones(2)}, {"lr": 1e-3, "w": torch.ones(2)})
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +72,8 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_unbroken_one(unbroken_run
         before = marker.stat().st_mtime_ns if marker.exists() else None
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if kills < 3:
-            # Once this process has trained far enough to write a checkpoint, kill it at a random moment.
+            # Once this process has trained far enough to write a checkpoint, kill it at a random moment
+            # (on a fast machine the run may finish first: then fewer kills).
             while process.poll() is None and (not marker.exists() or marker.stat().st_mtime_ns == before):
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.6))
@@ -73,9 +86,9 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_unbroken_one(unbroken_run
             break
         assert process.returncode == -signal.SIGKILL, err.decode()
         command = [sys.executable, "-m", "ssvae", "train", "--resume", str(run), "--quiet"]
-    assert kills == 3
+    assert kills >= 1
     # every kill came after some progress, and the resumes started from different places
-    assert 0 < resumed_from[0] < resumed_from[1] < resumed_from[2] < 90, resumed_from
+    assert 0 < resumed_from[0] and resumed_from == sorted(set(resumed_from)) and resumed_from[-1] < 90, resumed_from
     assert b"test accuracy" in out
 
     last, metrics, best = learned(run)
