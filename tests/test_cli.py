@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from ssvae.cli import main
+from ssvae.errors import SsvaeError
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +125,13 @@ def test_the_defaults_are_the_same_for_a_built_in_data_set_and_a_folder_of_the_s
     assert asdict(configs[0]) == asdict(configs[1])
     likelihood = (configs[0].m1 if model == "m1m2" else configs[0]).likelihood
     assert likelihood == "bernoulli"  # what --likelihood auto measured best (docs/fashion-mnist.md)
+
+
+def test_a_cuda_device_the_machine_lacks_is_named(monkeypatch):
+    from ssvae.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SsvaeError, match=r"--device cuda:3: this machine has 1 CUDA device, cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")

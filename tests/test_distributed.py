@@ -16,7 +16,7 @@ from ssvae.checkpoint import load_checkpoint
 
 TRAIN = ["--labels", "100", "--epochs", "2", "--max-unlabelled", "1000",
          "--labelled-batch", "10", "--unlabelled-batch", "100", "--compile", "off", "--bf16", "off",
-         "--threads", "1", "--quiet", "--no-report", "--out", "run"]
+         "--threads", "1", "--device", "cpu", "--quiet", "--no-report", "--out", "run"]
 
 # Each process starts in its own folder (rank0/, rank1/) and trains into the relative --out "run",
 # so any file a process other than rank 0 wrote would appear under its own folder.

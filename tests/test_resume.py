@@ -19,7 +19,7 @@ TIMING = {"minutes", "images_per_second"}
 
 def train_command(run, *extra):
     return [sys.executable, "-m", "ssvae", "train", "--epochs", "3", "--max-unlabelled", "1200",
-            "--unlabelled-batch", "40", "--labelled-batch", "20", "--compile", "off", "--threads", "1",
+            "--unlabelled-batch", "40", "--labelled-batch", "20", "--compile", "off", "--threads", "1", "--device", "cpu",
             "--checkpoint-minutes", "0.003", "--quiet", "--no-report", "--out", str(run), *extra]
 
 

