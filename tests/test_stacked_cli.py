@@ -1,6 +1,7 @@
 """M1 and M1+M2 from the command line, on a small slice of real MNIST."""
 
 import json
+import statistics
 
 import pytest
 
@@ -100,9 +101,17 @@ def test_sweep_trains_the_grid_writes_its_table_and_reuses_finished_runs(tmp_pat
     summary = json.loads((out / "results.json").read_text())
     assert [(r["labels"], r["seed"]) for r in summary["runs"]] == [(20, 0), (20, 1), (50, 0), (50, 1)]
     cells = {c["labels"]: c for c in summary["cells"]}
-    assert cells[20]["runs"] == 2 and 0 < cells[50]["test_accuracy_mean"] <= 1
+    # Each cell summarises its own runs' test figures, as each run recorded them.
+    for labels, cell in cells.items():
+        tests = [json.loads((out / f"m2-{labels}labels-seed{seed}" / "result.json").read_text())["test_accuracy"]
+                 for seed in (0, 1)]
+        assert cell["runs"] == 2
+        assert cell["test_accuracy_mean"] == pytest.approx(statistics.mean(tests))
+        assert cell["test_accuracy_std"] == pytest.approx(statistics.stdev(tests))
+    assert [r["test_accuracy"] for r in summary["runs"]][:2] != [r["test_accuracy"] for r in summary["runs"]][2:]
     table = (out / "results.md").read_text()
-    assert "| 20 | 2 |" in table and "| 50 | 2 |" in table
+    for labels in (20, 50):
+        assert f"| {labels} | 2 | {cells[labels]['test_accuracy_mean']:.4f} ± " in table
     # Running it again trains nothing: every run is read back.
     mtime = (out / "m2-20labels-seed0" / "best.pt").stat().st_mtime_ns
     capsys.readouterr()
