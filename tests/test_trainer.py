@@ -172,3 +172,66 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_
     kept = load_checkpoint(tmp_path / "last.pt")
     assert kept["epochs_done"] == 1 and kept["steps"] == 8
     assert all(torch.isfinite(w).all() for w in kept["model"].values())
+
+
+class Clock:
+    """A clock that moves only when told: each training step below takes one second."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class TimedLine(Scheduled):
+    """A line whose every step takes one second of ``clock``, recording the learning rate it ran at."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.optimizer, self.rates = clock, None, []
+
+    def loss(self, batch):
+        self.clock.now += 1.0
+        self.rates.append(self.optimizer.param_groups[0]["lr"])
+        return super().loss(batch)
+
+
+def timed_trainer(tmp_path, clock, minutes):
+    model = TimedLine(clock)
+    trainer = Trainer(model, points(), lambda m: {"val_accuracy": 0.0}, tmp_path,
+                      settings(epochs=None, minutes=minutes))
+    model.optimizer = trainer.optimizer
+    return trainer, model
+
+
+def test_a_minutes_budget_ends_the_run_mid_epoch_and_schedules_by_the_clock(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ssvae.trainer.time.perf_counter", clock)
+    trainer, model = timed_trainer(tmp_path, clock, minutes=0.2)  # 12 seconds: 12 steps of 8 a epoch
+    result = trainer.fit()
+    assert (result.steps, result.epochs) == (12, 2)  # the second epoch cut short after 4 of its 8 steps
+    assert result.minutes == pytest.approx(0.2)
+    # the cut-short epoch is validated and logged like any other
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    # the schedule and the learning rate follow the share of the 12 seconds used before each step
+    steps, progress = zip(*model.told)
+    assert progress == pytest.approx([step / 12 for step in range(12)])
+    assert model.rates == pytest.approx([0.05 * 0.5 * (1 + math.cos(math.pi * step / 12)) for step in range(12)])
+    assert trainer.finished()
+
+
+def test_minutes_used_are_carried_over_when_a_run_is_resumed(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("ssvae.trainer.time.perf_counter", clock)
+    first, _ = timed_trainer(tmp_path, clock, minutes=0.2)
+    first.fit()
+    clock.now += 3600.0  # an hour passes between the two sessions: it is not training time
+    again, _ = timed_trainer(tmp_path, clock, minutes=0.2)
+    again.resume()
+    assert again.finished()  # the 12 seconds were spent in the first session
+    longer, model = timed_trainer(tmp_path, clock, minutes=0.3)
+    longer.resume()
+    result = longer.fit()
+    assert result.steps == 18 and result.minutes == pytest.approx(0.3)  # 6 more seconds, 6 more steps
+    assert [p for _, p in model.told] == pytest.approx([step / 18 for step in range(12, 18)])
