@@ -55,6 +55,27 @@ def test_an_existing_run_is_not_overwritten(smoke_run, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+TINY = ["--labels", "20", "--epochs", "1", "--max-unlabelled", "200", "--unlabelled-batch", "100",
+        "--labelled-batch", "10", "--compile", "off", "--quiet", "--no-report"]
+
+
+def test_overwrite_replaces_a_run_but_never_a_folder_of_other_files(tmp_path, capsys, mnist):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["train", *TINY, "--out", str(mine), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert str(mine) in err and "holds no ssvae run" in err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--seed", "0", "--out", str(run)]) == 0
+    (run / "stale.txt").write_text("from the first run")
+    assert main(["train", *TINY, "--seed", "1", "--out", str(run), "--overwrite"]) == 0
+    assert not (run / "stale.txt").exists()
+    assert json.loads((run / "config.json").read_text())["train"]["seed"] == 1
+
+
 @pytest.mark.parametrize("options, reason", [
     (["--labels", "105"], "multiple of the 10 classes"),
     (["--labels", "60000"], "only 50000"),

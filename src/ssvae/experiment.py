@@ -105,8 +105,15 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray, device: torch.device
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to train into a directory that holds a run, unless asked to replace it."""
-    if not overwrite and run_dir.exists() and any(run_dir.iterdir()):
+    """Refuse to train into a directory that holds a run, unless asked to replace it; refuse to
+    replace a non-empty directory that holds no run (a mistyped --out must not delete a user's files)."""
+    run_dir = Path(run_dir)
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        return
+    if not (run_dir / "config.json").is_file():
+        raise SsvaeError(f"{run_dir} is not empty and holds no ssvae run (no config.json); "
+                         f"--overwrite replaces only a run directory: choose another --out")
+    if not overwrite:
         raise SsvaeError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                          f"or choose another --out, or pass --overwrite to replace it")
 
