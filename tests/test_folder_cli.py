@@ -307,3 +307,29 @@ def test_an_impossible_holdout_is_refused(digit_folders, tmp_path, capsys):
     folders, *_ = digit_folders
     assert main(["train", "--data", str(folders["train"]), "--holdout", "0.6", "--out", str(tmp_path / "r")]) == 2
     assert "--holdout 0.6: must be at least 0 and below 0.5" in capsys.readouterr().err
+
+
+def test_predict_reads_one_file_and_the_same_digit_saved_larger_in_colour_or_in_16_bits(digits_run, digit_folders,
+                                                                                    tmp_path, capsys):
+    _, digits, _, test = digit_folders
+    n = int(test[0])
+    grey = (digits.data[n].reshape(8, 8) * 255 / 16).round().astype(np.uint8)
+    versions = {
+        "grey.png": Image.fromarray(grey, mode="L"),
+        "larger.png": Image.fromarray(grey, mode="L").resize((16, 16), Image.NEAREST),
+        "colour.png": Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), mode="RGB"),
+        "sixteen.png": Image.fromarray(grey.astype(np.uint16) * 257).convert("I;16"),
+    }
+    rows = {}
+    for name, image in versions.items():
+        image.save(tmp_path / name)
+        out = tmp_path / f"{name}.csv"
+        capsys.readouterr()
+        assert main(["predict", str(digits_run), str(tmp_path / name), "--out", str(out)]) == 0, capsys.readouterr().err
+        with out.open() as f:
+            (rows[name],) = list(csv.DictReader(f))
+    probabilities = {name: np.array([float(row[str(k)]) for k in range(10)]) for name, row in rows.items()}
+    for name in versions:
+        # The same pixels once read: the same prediction, and the same probabilities to rounding.
+        assert rows[name]["predicted"] == rows["grey.png"]["predicted"], name
+        np.testing.assert_allclose(probabilities[name], probabilities["grey.png"], atol=0.02, err_msg=name)
