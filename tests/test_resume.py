@@ -159,3 +159,47 @@ def test_a_resumed_run_keeps_the_model_it_began_with_across_changed_defaults(tmp
     assert resumed.top_classes is None
     assert resumed.class_balance_schedule == "constant"
     assert (resumed.activation, resumed.hidden_dims) == ("softplus", (300,))
+
+
+@pytest.mark.parametrize("model", ["m1m2", "sdgm"])
+def test_other_families_stopped_mid_run_and_resumed_end_as_an_unbroken_run(model, tmp_path, mnist):
+    """M1+M2 is stopped in its first stage, M1: the resumed run trains the rest of M1, then M2."""
+    extra = ["--model", model, "--labels", "100", "--labelled-batch", "20", "--epochs", "2"]
+    if model == "sdgm":
+        extra += ["--generative-weight", "0"]  # the fused classification of 10,000 test images is slow
+    unbroken = tmp_path / "unbroken"
+    subprocess.run(train_command(unbroken, *extra), check=True, capture_output=True)
+    run = tmp_path / "run"
+    first_checkpoint = run / ("m1" if model == "m1m2" else "") / "checkpoints.json"
+    process = subprocess.Popen(train_command(run, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while process.poll() is None and not first_checkpoint.exists():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate()
+    assert process.returncode == 130, err.decode()[-2000:]  # stopped, not finished
+    if model == "m1m2":
+        assert not (run / "m1" / "result.json").exists()  # in the first stage
+    done = subprocess.run([sys.executable, "-m", "ssvae", "train", "--resume", str(run), "--quiet"],
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    stages = [run / "m1", run] if model == "m1m2" else [run]
+    for stage in stages:
+        last, metrics, best = learned(stage)
+        want_last, want_metrics, want_best = learned(unbroken / stage.relative_to(run))
+        assert metrics == want_metrics, stage
+        assert_same_tensors(last["model"], want_last["model"], f"{stage.name}/model")
+        assert_same_tensors(best["model"], want_best["model"], f"{stage.name}/best")
+
+
+def test_an_m2_run_begun_before_the_classifier_terms_resumes_without_them(tmp_path):
+    from ssvae.config import TrainConfig, save_config
+    from ssvae.experiment import resumed_model_config
+    from ssvae.models.m2 import M2Config
+
+    save_config(tmp_path / "config.json", TrainConfig(model="m2"), M2Config(class_balance=50.0, adversarial_weight=1.0))
+    payload = json.loads((tmp_path / "config.json").read_text())
+    for name in ("class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius"):
+        del payload["model"][name]
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    resumed = resumed_model_config(tmp_path, "m2")
+    assert (resumed.class_balance, resumed.adversarial_weight) == (0.0, 0.0)
