@@ -48,7 +48,8 @@ def fashion_cache(tmp_path_factory):
 def test_the_installed_copy_is_found_after_the_mirrors_fail_and_is_cached(fashion_cache):
     cache_dir, data, lines = fashion_cache
     assert [line.split(" failed")[0] for line in lines[:1]] == ["fashion-mnist: mirror http://127.0.0.1:9/"]
-    assert lines[-1] == f"fashion-mnist: cached at {cache_dir / 'fashion-mnist.npz'}"
+    assert lines[-1] == ("fashion-mnist: fetched from the installed copy in /usr/share/datasets/fashion-mnist, "
+                         f"checked against its sha256 sums, cached at {cache_dir / 'fashion-mnist.npz'}")
     for split, n in {"train": 50000, "val": 10000, "test": 10000}.items():
         images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
         assert images.shape == (n, 784) and images.dtype == np.uint8 and labels.dtype == np.int64

@@ -174,7 +174,8 @@ def test_corrupt_cache_is_reported_deleted_and_refetched(mnist, idx_dir, tmp_pat
     _assert_same(mnist, load_mnist(cache_dir=cache_dir, log=lines.append))
     assert len(lines) == 2
     assert "corrupt" in lines[0] and str(cache) in lines[0]
-    assert lines[1] == f"mnist: cached at {cache}"
+    assert lines[1] == (f"mnist: fetched from mirror {idx_dir.as_uri()}/, checked against its sha256 sums, "
+                        f"cached at {cache}")
     lines.clear()
     load_mnist(cache_dir=cache_dir, log=lines.append)
     assert lines == []  # the re-fetched cache is valid
@@ -211,3 +212,28 @@ def test_default_cache_dir_honours_ssvae_data(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path
     monkeypatch.delenv("SSVAE_DATA")
     assert default_cache_dir().name == "ssvae"
+
+
+def test_a_failing_mirror_is_said_and_the_next_one_serves(mnist, idx_dir, tmp_path, monkeypatch, offline):
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(idx_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        working = f"http://127.0.0.1:{server.server_address[1]}/"
+        monkeypatch.setattr(mnist_module, "MIRRORS", ("http://127.0.0.1:9/", working))
+        lines = []
+        fetched = load_mnist(cache_dir=tmp_path / "cache", log=lines.append)
+    finally:
+        server.shutdown()
+    _assert_same(mnist, fetched)
+    said = "\n".join(lines)
+    assert "mirror http://127.0.0.1:9/ failed" in said and f"fetched from mirror {working}" in said
+    assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").iterdir())  # cached for next time

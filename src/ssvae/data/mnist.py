@@ -309,7 +309,7 @@ def _obtain(spec: IdxDataSet, source, cache_dir, log) -> tuple[Path, dict]:
             tried.append(f"{name} ({reason})")
             continue
         _write_cache(spec, cache, arrays)
-        log(f"{spec.name}: cached at {cache}")
+        log(f"{spec.name}: fetched from {name}, checked against its sha256 sums, cached at {cache}")
         return cache, arrays
     raise SsvaeError(f"could not get {spec.title}; tried " + "; ".join(tried) + ". To fix: " + spec.fix_hint)
 
