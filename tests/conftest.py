@@ -1,6 +1,10 @@
 """Fixtures shared by the whole test suite."""
 
+import random
+
+import numpy as np
 import pytest
+import torch
 from hypothesis import settings
 
 from ssvae.data.mnist import load_mnist
@@ -18,3 +22,16 @@ def mnist():
     cache. Set ``SSVAE_DATA`` to use another cache directory.
     """
     return load_mnist()
+
+
+@pytest.fixture(autouse=True)
+def torch_left_as_found():
+    """Training in-process (``main([...])``) sets torch's threads and seeds every random source; each
+    test gets them back as it found them, so that no test depends on which ran before it."""
+    threads, torch_state = torch.get_num_threads(), torch.random.get_rng_state()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.random.set_rng_state(torch_state)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
