@@ -24,6 +24,7 @@ def _png_data_uri(width: int, height: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+@pytest.mark.browser
 def test_valid_png_renders(chromium: str, tmp_path: Path) -> None:
     page = tmp_path / "ok.html"
     page.write_text(f'<!doctype html><html><body><img src="{_png_data_uri(7, 5)}"></body></html>')
@@ -36,6 +37,7 @@ def test_valid_png_renders(chromium: str, tmp_path: Path) -> None:
     assert image["src_prefix"].startswith("data:image/png;base64,")
 
 
+@pytest.mark.browser
 def test_corrupt_image_and_console_error(chromium: str, tmp_path: Path) -> None:
     page = tmp_path / "bad.html"
     corrupt = "data:image/png;base64," + base64.b64encode(b"definitely not a png").decode()

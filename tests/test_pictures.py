@@ -154,6 +154,7 @@ def test_train_ends_with_a_report_holding_every_figure(m2_run):
     assert "<script" not in page
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium (Debian: apt-get install chromium)")
 def test_report_renders_in_chromium_without_errors(m2_run, tmp_path, capsys):
     out = tmp_path / "elsewhere.html"
