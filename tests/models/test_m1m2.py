@@ -80,3 +80,16 @@ def test_the_config_survives_a_json_round_trip(stacked):
 
     back = M1M2Config(**json.loads(json.dumps(asdict(stacked.config))))
     assert back == stacked.config
+
+
+def test_m2_on_the_features_has_no_classifier_terms_and_old_configs_read_without_them(stacked):
+    import json
+    from dataclasses import asdict
+
+    default = M1M2Config()
+    assert (default.m2.class_balance, default.m2.adversarial_weight) == (0.0, 0.0)
+    payload = json.loads(json.dumps(asdict(stacked.config)))
+    for name in ("class_balance", "class_balance_schedule", "adversarial_weight", "adversarial_radius"):
+        del payload["m2"][name]
+    read = M1M2Config(**payload)
+    assert (read.m2.class_balance, read.m2.adversarial_weight) == (0.0, 0.0)

@@ -38,7 +38,10 @@ from .m2 import M2, M2Config, M2Terms
 # generative model need not use y: z2 of 10 reached 0.956 validation accuracy in 4 minutes where 50
 # reached 0.945 (seed 0, same M1). Their bound is also smaller than a pixel bound (about 38 nats
 # against 100), so the cross-entropy needs less weight: alpha 1 reached 0.960 where 3 reached 0.956.
-STACKED_M2_DEFAULTS = {"latent_dim": 10, "alpha": 1.0, "likelihood": "gaussian"}
+# The classifier terms, M2's defaults on pixels, are left out on the features: they were measured on
+# pixels only.
+STACKED_M2_DEFAULTS = {"latent_dim": 10, "alpha": 1.0, "likelihood": "gaussian", "class_balance": 0.0,
+                       "adversarial_weight": 0.0}
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ class M1M2Config:
         # Accept the plain dicts and lists a JSON round trip gives back.
         if isinstance(self.m1, dict):
             object.__setattr__(self, "m1", M1Config(**self.m1))
-        if isinstance(self.m2, dict):
-            object.__setattr__(self, "m2", M2Config(**self.m2))
+        if isinstance(self.m2, dict):  # what a config saved before an option existed was trained with
+            object.__setattr__(self, "m2", M2Config(**{**M2Config.DEFAULTS_BEFORE_THEY_WERE_OPTIONS, **self.m2}))
         object.__setattr__(self, "active_dims", tuple(int(i) for i in self.active_dims))
 
     def validate(self) -> None:
