@@ -18,17 +18,32 @@ def small(skip: bool, **options) -> AuxiliaryDGM:
     torch.manual_seed(0)
     config = AuxiliaryConfig(input_dim=D, num_classes=K, latent_dim=Z, aux_dim=A, hidden_dims=(5, 4), skip=skip,
                              **options)
-    return AuxiliaryDGM(config).double()
+    model = AuxiliaryDGM(config).double()
+    for network in model.children():  # so that the written-out networks below know the activation
+        object.__setattr__(network, "owner", model)
+    return model
+
+
+def activate(model, h):
+    """The hidden layers' activation, written out: ReLU (the default) or log(1 + e^h)."""
+    if model.config.activation == "relu":
+        return torch.where(h > 0, h, torch.zeros_like(h))
+    return torch.log1p(torch.exp(h))
 
 
 def mlp(network, y=None, **inputs):
-    """One network on one example, its first layer written out in full: every part times its input."""
+    """One network on one example, every layer written out: the first, a sum of every part's weights
+    times its input (and the class's row of weights), then activation and weights layer by layer."""
     pre = network.bias.clone()
     for name, value in inputs.items():
         pre = pre + network.parts[name].weight @ value
     if y is not None:
         pre = pre + network.class_rows[y]
-    return network.rest(pre)
+    linears = [layer for layer in network.rest if isinstance(layer, torch.nn.Linear)]
+    assert len(linears) == len(network.rest) // 2  # activation, weights; activation, weights; ...
+    for layer in linears:
+        pre = layer.weight @ activate(network.owner, pre) + layer.bias
+    return pre
 
 
 def gaussian(out):
@@ -63,9 +78,10 @@ def slow_negative_bound(model, x, y, a_noise, z_noise, kl_weight=1.0, aux_kl_wei
     return -(log_px - math.log(K) - kl_weight * kl_z + aux_kl_weight * (log_pa - log_qa)), a
 
 
+@pytest.mark.parametrize("activation", ["relu", "softplus"])
 @pytest.mark.parametrize("skip", [False, True], ids=["adgm", "sdgm"])
-def test_batched_bounds_match_a_loop_over_images_and_classes(skip):
-    model = small(skip)
+def test_batched_bounds_match_a_loop_over_images_and_classes(skip, activation):
+    model = small(skip, activation=activation)
     generator = torch.Generator().manual_seed(1)
     unlabelled_x, labelled_x = torch.rand(3, D, generator=generator, dtype=torch.float64), \
         torch.rand(2, D, generator=generator, dtype=torch.float64)
