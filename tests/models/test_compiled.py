@@ -49,3 +49,23 @@ def test_the_compiled_loss_and_its_gradients_match_the_eager_ones(name, model):
     assert compiled_grads.keys() == eager_grads.keys()
     for parameter, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[parameter], grad, rtol=1e-3, atol=1e-5, msg=parameter)
+
+
+def test_the_bf16_step_stays_within_a_percent_of_the_float32_step():
+    """``--bf16 auto`` runs the matrix multiplies in bf16 (8 bits of mantissa) on CPUs that have it;
+    the bounds and the KL are computed back in float32, so the loss stays within 1% of float32's."""
+    from ssvae.runtime import autocast
+
+    model = next(models())[1]
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(40, D, generator=generator)
+    batch = Batch(labelled_x=x[:10], labelled_y=torch.arange(10) % K, unlabelled_x=x[10:], labelled_share=0.1,
+                  labelled_noise=torch.randn(10, model.noise_width, generator=generator),
+                  unlabelled_noise=torch.randn(30, model.noise_width, generator=generator))
+    full = model.loss(batch)
+    with autocast(torch.device("cpu"), True):
+        half = model.loss(batch)
+    for field in ("loss", "labelled_bound", "unlabelled_bound"):
+        value, reference = getattr(half, field), getattr(full, field)
+        assert value.dtype == torch.float32, field
+        assert abs(value.item() - reference.item()) <= 0.01 * abs(reference.item()), field
