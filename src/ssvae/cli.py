@@ -108,14 +108,13 @@ def _add_how_to_train(p) -> None:
                    "depth (model default: as every other network's)")
     p.add_argument("--class-balance", type=float, default=None, metavar="W",
                    help="m2, m1m2, adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled "
-                   "images toward the uniform p(y) (model default: 50 for adgm and sdgm, 0 for m2 and m1m2; 0, none, "
-                   "as in the papers)")
+                   "images toward the uniform p(y) (model default: 50, and 0 for m1m2; 0, none, as in the papers)")
     p.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
                    help="m2, m1m2, adgm, sdgm: keep the class-balance weight all run, or lower it to 0 by the end of the "
                    "budget along the learning rate's cosine (model default: cosine)")
     p.add_argument("--adversarial", type=float, default=None, metavar="W", dest="adversarial_weight",
                    help="m2, m1m2, adgm, sdgm: weight of the virtual adversarial smoothness term on the classifier "
-                   "(model default: 1 for adgm and sdgm, 0 for m2 and m1m2; 0, none, as in the papers)")
+                   "(model default: 1, and 0 for m1m2; 0, none, as in the papers)")
     p.add_argument("--adversarial-final", type=float, default=None, metavar="W", dest="adversarial_final_weight",
                    help="adgm, sdgm: the adversarial term's weight at the end of the budget, reached from --adversarial "
                    "along the learning rate's cosine turned upside down (model default: none, the weight held)")

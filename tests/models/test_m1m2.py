@@ -14,7 +14,8 @@ from ssvae.models.m2 import M2Config
 def stacked():
     torch.manual_seed(0)
     m1 = M1Config(input_dim=16, latent_dim=6, hidden_dims=(10,))
-    m2 = M2Config(input_dim=3, num_classes=4, latent_dim=2, hidden_dim=8, classifier_hidden_dim=5, likelihood="gaussian")
+    m2 = M2Config(input_dim=3, num_classes=4, latent_dim=2, hidden_dim=8, classifier_hidden_dim=5, likelihood="gaussian",
+                  class_balance=0.0, adversarial_weight=0.0)  # as M1+M2 makes its M2
     return M1M2(M1M2Config(m1=m1, m2=m2, active_dims=(0, 2, 5)))
 
 
