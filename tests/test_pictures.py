@@ -131,6 +131,12 @@ def test_an_m1_run_has_no_analogies(tmp_path, capsys, mnist):
     assert "an M1 run has no classes" in capsys.readouterr().err
     assert main(["sample", str(run), "--n", "4"]) == 0  # unconditional samples: one row
     assert read_png(run / "samples.png")[0] == grid_size(1, 4)
+    capsys.readouterr()
+    image = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_images[0].reshape(28, 28)).save(image)
+    assert main(["predict", str(run), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "an M1 run has no classifier" in err and "adgm or sdgm" in err and str(run) in err
 
 
 def test_picture_commands_name_a_missing_run_and_bad_indices(m2_run, tmp_path, capsys):

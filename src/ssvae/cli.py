@@ -305,7 +305,7 @@ def _sweep(args) -> int:
     from .sweep import run_sweep
 
     if args.model == "m1":
-        raise SsvaeError("--model m1 has no classifier to sweep; sweep m2 or m1m2")
+        raise SsvaeError("--model m1 has no classifier to sweep; sweep m2, m1m2, adgm or sdgm")
     if args.seeds < 1:
         raise SsvaeError(f"--seeds {args.seeds}: must be at least 1")
     from .experiment import is_image_folder
@@ -390,7 +390,7 @@ def _add_predict(sub) -> None:
         "as its training images were read (grey or colour, resized). Prints a summary; --out writes a CSV "
         "with columns path, predicted and one probability per class.",
     )
-    p.add_argument("run", type=Path, help="run directory written by `ssvae train` (m2 or m1m2)")
+    p.add_argument("run", type=Path, help="run directory written by `ssvae train` (m2, m1m2, adgm or sdgm)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--out", type=Path, default=None, help="CSV file to write")
     p.add_argument("--skip-bad", action="store_true", help="leave out images that cannot be read, and list them")

@@ -117,7 +117,7 @@ def open_run(run_dir, device: str = "auto", data=None) -> Run:
 def _need_classes(run: Run, what: str) -> None:
     if not run.has_classes:
         raise SsvaeError(f"{run.run_dir}: an M1 run has no classes, so it has no {what}; "
-                         f"use an m2 or m1m2 run")
+                         f"use an m2, m1m2, adgm or sdgm run")
 
 
 def pick_images(run: Run, split: str = "test", n: int = 10, indices=None, seed: int = 0):

@@ -129,7 +129,7 @@ def load_classifier(run_dir: Path, device: torch.device):
     run_dir = Path(run_dir)
     config, model_config = load_config(run_dir / "config.json")
     if config.model == "m1":
-        raise SsvaeError(f"{run_dir}: an M1 run has no classifier; predict with an m2 or m1m2 run")
+        raise SsvaeError(f"{run_dir}: an M1 run has no classifier; predict with an m2, m1m2, adgm or sdgm run")
     model = build_model(config.model, **model_config)
     best = run_dir / "best.pt"
     if not best.is_file():

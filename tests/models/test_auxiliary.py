@@ -462,3 +462,12 @@ def test_generative_options_are_checked():
         AuxiliaryConfig(generative_weight=-0.1).validate()
     with pytest.raises(SsvaeError, match="generative_samples"):
         AuxiliaryConfig(generative_samples=0).validate()
+
+
+def test_building_by_name_gives_the_family_named():
+    from ssvae.models import build_model
+
+    assert build_model("sdgm", input_dim=D, num_classes=K).config.skip
+    assert not build_model("adgm", input_dim=D, num_classes=K).config.skip
+    with pytest.raises(SsvaeError, match="model adgm: skip=True would build the other one"):
+        build_model("adgm", input_dim=D, num_classes=K, skip=True)

@@ -24,4 +24,7 @@ def build_model(name: str, **options):
     unknown = sorted(set(options) - known)
     if unknown:
         raise SsvaeError(f"model {name} has no option {', '.join(unknown)}; it has {', '.join(sorted(known))}")
+    if name in ("adgm", "sdgm"):  # one class for both: the name decides which
+        if options.setdefault("skip", name == "sdgm") != (name == "sdgm"):
+            raise SsvaeError(f"model {name}: skip={options['skip']} would build the other one; leave skip out")
     return model_class(config_class(**options))
