@@ -23,7 +23,7 @@ import torch
 
 from ssvae.data.mnist import load_mnist
 from ssvae.errors import SsvaeError
-from ssvae.experiment import to_inputs
+from ssvae.data.batches import to_inputs
 from ssvae.predict import load_classifier
 
 

@@ -29,7 +29,7 @@ import torch
 from ssvae.checkpoint import load_checkpoint
 from ssvae.config import load_config
 from ssvae.data.mnist import load_mnist
-from ssvae.experiment import to_inputs
+from ssvae.data.batches import to_inputs
 from ssvae.models import build_model
 from ssvae.models.auxiliary import AuxiliaryConfig, fuse
 

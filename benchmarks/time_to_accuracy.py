@@ -203,7 +203,8 @@ def per_class_and_baseline(run_dir: Path, config: TrainConfig) -> dict:
     import torch
 
     from ssvae.baselines import logistic_regression_on
-    from ssvae.experiment import class_probabilities, load_data
+    from ssvae.data.loading import load_data
+    from ssvae.evaluation import class_probabilities
     from ssvae.predict import load_classifier
 
     data = load_data(config.data, log=lambda *a, **k: None, config=config)

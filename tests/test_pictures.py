@@ -11,7 +11,7 @@ from PIL import Image
 
 from ssvae import pictures
 from ssvae.cli import main
-from ssvae.experiment import class_probabilities
+from ssvae.evaluation import class_probabilities
 
 from browser import check_page, find_chromium
 

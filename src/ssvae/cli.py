@@ -308,7 +308,7 @@ def _sweep(args) -> int:
         raise SsvaeError("--model m1 has no classifier to sweep; sweep m2, m1m2, adgm or sdgm")
     if args.seeds < 1:
         raise SsvaeError(f"--seeds {args.seeds}: must be at least 1")
-    from .experiment import is_image_folder
+    from .data.loading import is_image_folder
 
     if is_image_folder(args.data):
         raise SsvaeError(f"--data {args.data}: a sweep draws N labels from a fully labelled data set such as "
@@ -449,7 +449,7 @@ def _baseline(args) -> int:
     from dataclasses import asdict
 
     from .baselines import run_baselines
-    from .experiment import load_data
+    from .data.loading import load_data
     from .runtime import resolve_device
 
     log = (lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print

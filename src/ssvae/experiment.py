@@ -26,82 +26,16 @@ import torch
 from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
 from .config import TrainConfig, load_config, save_config
 from .data.batches import SemiSupervisedBatches, to_inputs
+from .data.loading import data_facts, load_data
 from .data.labels import balanced_label_split, partial_labels
 from .errors import SsvaeError
+from .evaluation import accuracy, correct_predictions
 from .intervals import accuracy_figures
 from .models.likelihoods import bits_per_dimension
 from .models import CLASSIFIERS, build_model
 from .runtime import (Processes, barrier, bf16_supported, processes_from_env, resolve_device, seed_everything,
                       set_threads, start_processes, stop_processes, threads_per_process)
 from .trainer import Trainer, TrainerSettings
-
-
-def load_data(spec: str, log=print, config: TrainConfig | None = None):
-    """The data set named by ``--data``: a built-in one (``mnist``, ``fashion-mnist``: fetched and
-    cached), a folder with a built-in data set's files, or a folder of the user's own images, read
-    as ``config`` says (see :mod:`ssvae.data.folder`)."""
-    from .data.folder import load_folder
-    from .data.mnist import DATASETS, holds_idx_files, identify_idx_folder, load_mnist
-
-    if spec in DATASETS:
-        return load_mnist(None, log=log, name=spec)
-    if not Path(spec).is_dir():
-        raise SsvaeError(f"--data {spec}: no such folder; give {' or '.join(repr(n) for n in DATASETS)}, a folder "
-                         f"of your own images, or a folder holding a built-in data set's IDX files")
-    if holds_idx_files(Path(spec)):
-        return load_mnist(spec, log=log, name=identify_idx_folder(Path(spec)))
-    folder = Path(spec)
-    config = config or TrainConfig(data=spec)
-    return load_folder(folder, config.folder_options(), val_folder=config.val_data, test_folder=config.test_data,
-                       fraction=config.holdout, seed=config.seed, log=log)
-
-
-def is_image_folder(spec: str) -> bool:
-    """Whether ``--data`` names a folder of the user's own images (not a built-in data set or its files)."""
-    from .data.mnist import DATASETS, holds_idx_files
-
-    folder = Path(spec)
-    if spec in DATASETS or not folder.is_dir():
-        return False
-    return not holds_idx_files(folder)
-
-
-def data_facts(data) -> dict:
-    """What a run must remember of its data to read new images alike: class names, shape, channels."""
-    names = getattr(data, "class_names", None) or [str(k) for k in range(data.num_classes)]
-    shape = list(data.image_shape)
-    return {"class_names": list(names), "image_shape": shape, "channels": 3 if len(shape) == 3 else 1}
-
-
-@torch.no_grad()
-def class_probabilities(model, images: np.ndarray, device: torch.device, batch_size: int = 2000,
-                        thorough: bool = True) -> torch.Tensor:
-    """Class probabilities for uint8 ``images``, shape (N, K), in batches, with the model in eval mode:
-    q(y|x), or with ``thorough`` the model's slower, better classification where it has one (ADGM,
-    SDGM: q fused with the generative posterior); validation during training passes False, for speed.
-
-    Inputs are grey levels, the expectation of the binary samples seen in training.
-    """
-    was_training = model.training
-    model.eval()
-    classify = model.classify_thoroughly if thorough and hasattr(model, "classify_thoroughly") else model.classify
-    x_all = torch.as_tensor(images, device=device)
-    probabilities = torch.cat([torch.softmax(classify(to_inputs(x_all[i:i + batch_size], binarize=False)).float(), dim=-1)
-                               for i in range(0, len(x_all), batch_size)])
-    model.train(was_training)
-    return probabilities
-
-
-def correct_predictions(model, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                        thorough: bool = True) -> int:
-    """How many of ``images`` (uint8) have the true class as their most probable (see ``class_probabilities``)."""
-    predicted = class_probabilities(model, images, device, thorough=thorough).argmax(-1)
-    return int((predicted == torch.as_tensor(labels, device=device)).sum())
-
-
-def accuracy(model, images: np.ndarray, labels: np.ndarray, device: torch.device, thorough: bool = True) -> float:
-    """Fraction of ``images`` (uint8) whose most probable class is the true one (see ``class_probabilities``)."""
-    return correct_predictions(model, images, labels, device, thorough) / len(labels)
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:

@@ -26,7 +26,9 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, load_config, load_data_facts
 from .data.batches import to_inputs
+from .data.loading import load_data
 from .errors import SsvaeError
+from .evaluation import class_probabilities
 from .models import build_model
 from .runtime import resolve_device
 
@@ -63,7 +65,6 @@ class Run:
     def data(self):
         """The run's data splits, read (from the cache) on first use."""
         if self._data is None:
-            from .experiment import load_data
 
             self._data = load_data(self.config.data, log=lambda *a, **k: None, config=self.config)
         return self._data
@@ -236,7 +237,6 @@ def latent_embedding(run: Run, images: np.ndarray, method: str = "pca", seed: in
 @torch.no_grad()
 def confusion_matrix(run: Run, split: str = "test") -> np.ndarray:
     """Counts (K, K): row = true class, column = the classifier's class, over a whole split."""
-    from .experiment import class_probabilities
 
     _need_classes(run, "confusion matrix")
     images, labels = getattr(run.data, f"{split}_images"), getattr(run.data, f"{split}_labels")

@@ -31,7 +31,7 @@ from .config import load_config, load_data_facts
 from .data.folder import (BadFile, file_name_labels, in_class_subfolder, list_images, read_images, resolve_layout,
                           subfolder_labels)
 from .errors import SsvaeError
-from .experiment import class_probabilities
+from .evaluation import class_probabilities
 from .models import build_model
 from .runtime import resolve_device
 

@@ -65,7 +65,7 @@ def test_the_installed_copy_is_found_after_the_mirrors_fail_and_is_cached(fashio
 
 @needs_installed_copy
 def test_a_folder_of_its_idx_files_is_read_as_fashion_mnist(tmp_path, closed_mirrors):
-    from ssvae.experiment import is_image_folder, load_data
+    from ssvae.data.loading import is_image_folder, load_data
 
     folder = tmp_path / "idx"
     shutil.copytree(INSTALLED, folder)

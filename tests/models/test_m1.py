@@ -1,6 +1,5 @@
 """M1's bound against a slow, obvious version written from the VAE's equations."""
 
-import math
 
 import pytest
 import torch
