@@ -79,6 +79,9 @@ def test_m2_on_a_folder_beats_a_classifier_of_its_labelled_images_alone(digits_r
     assert config["data"]["image_shape"] == [8, 8] and config["train"]["labels"] == 10 * LABELLED_PER_CLASS
     # The label weight's default follows the image's size: 64 pixels weigh the bounds less than 784.
     assert config["model"]["alpha"] == pytest.approx(10.0 * 64 / 784)
+    # So do the classifier terms': the class balance per input, the perturbation's length by its root.
+    assert config["model"]["class_balance"] == pytest.approx(50.0 * 64 / 784)
+    assert config["model"]["adversarial_radius"] == pytest.approx(2.0 * (64 / 784) ** 0.5)
 
 
 def test_predict_on_the_test_images_matches_evaluate(digits_run, digit_folders, tmp_path, capsys):

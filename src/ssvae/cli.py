@@ -108,7 +108,8 @@ def _add_how_to_train(p) -> None:
                    "depth (model default: as every other network's)")
     p.add_argument("--class-balance", type=float, default=None, metavar="W",
                    help="m2, m1m2, adgm, sdgm: weight of the pull of the classifier's class frequencies on unlabelled "
-                   "images toward the uniform p(y) (model default: 50, and 0 for m1m2; 0, none, as in the papers)")
+                   "images toward the uniform p(y) (model default: 50 for adgm and sdgm; for m2 50 per 784 inputs; 0 for "
+                   "m1m2; 0, none, as in the papers)")
     p.add_argument("--class-balance-schedule", choices=("constant", "cosine"), default=None,
                    help="m2, m1m2, adgm, sdgm: keep the class-balance weight all run, or lower it to 0 by the end of the "
                    "budget along the learning rate's cosine (model default: cosine)")
@@ -134,7 +135,7 @@ def _add_how_to_train(p) -> None:
                    "importance-weighted (model default: 8)")
     p.add_argument("--adversarial-radius", type=float, default=None, metavar="R",
                    help="m2, m1m2, adgm, sdgm: length of the adversarial perturbation of an image, whose pixels lie in [0, 1] "
-                   "(model default: 2)")
+                   "(model default: 2; for m2 2 per square root of 784 inputs)")
     p.add_argument("--binarize", action="store_true",
                    help="redraw every pixel as a Bernoulli sample each time an image is drawn (dynamic "
                    "binarisation) instead of using its grey level")
