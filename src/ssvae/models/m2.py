@@ -363,7 +363,8 @@ class M2(nn.Module):
         n_u = batch.unlabelled_x.shape[0]
         labelled, per_class = self.bounds(batch.labelled_x, batch.labelled_y, batch.unlabelled_x,
                                           batch.labelled_noise, batch.unlabelled_noise)
-        class_logits = at_least_float32(self.classify(torch.cat([batch.unlabelled_x, batch.labelled_x])))
+        x = torch.cat([batch.unlabelled_x, batch.labelled_x])
+        class_logits = at_least_float32(self.classify(x))
         unlabelled, entropy = self._sum_out_classes(per_class, class_logits[:n_u])
         classification = F.cross_entropy(class_logits[n_u:], batch.labelled_y)
         share = batch.labelled_share
@@ -373,11 +374,11 @@ class M2(nn.Module):
             loss = loss + self.class_balance_weight * class_balance_term(
                 F.softmax(class_logits[:n_u], dim=-1), self.class_frequencies)
         if c.adversarial_weight > 0 and self.training:
-            x = torch.cat([batch.unlabelled_x, batch.labelled_x])
             if batch.unlabelled_noise is None:
                 probe = torch.randn_like(x)
             else:
-                probe = torch.cat([batch.unlabelled_noise, batch.labelled_noise])[:, c.num_classes * c.latent_dim:]
+                z_width = c.num_classes * c.latent_dim
+                probe = torch.cat([batch.unlabelled_noise[:, z_width:], batch.labelled_noise[:, z_width:]])
             loss = loss + c.adversarial_weight * virtual_adversarial_term(
                 self.classify, x, class_logits, probe, c.adversarial_radius)
         return M2Terms(
